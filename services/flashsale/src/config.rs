@@ -1,0 +1,50 @@
+//! The whole configuration document every `flashsale` command reads.
+
+use flashsale_runtime::{
+    Invalid, Validate,
+    config::{NatsConfig, PostgresConfig, RedisConfig, ServerConfig},
+    telemetry::TelemetryConfig,
+};
+use serde::{Deserialize, Serialize};
+
+/// One document for the whole mesh; each component reads the sections it needs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MeshConfig {
+    /// Logging.
+    pub(crate) telemetry: TelemetryConfig,
+    /// Settings every gRPC server shares (grace, message size, deadline).
+    pub(crate) server: ServerConfig,
+    /// Redis (inventory stock, limiter counters).
+    pub(crate) redis: RedisConfig,
+    /// NATS JetStream (order events, signals).
+    pub(crate) nats: NatsConfig,
+    /// Postgres (sales and orders).
+    pub(crate) postgres: PostgresConfig,
+    /// The public gateway.
+    pub(crate) gateway: flashsale_gateway::Config,
+    /// The inventory service.
+    pub(crate) inventory: flashsale_inventory::Config,
+    /// The orders service.
+    pub(crate) orders: flashsale_orders::Config,
+    /// The limiter.
+    pub(crate) limiter: flashsale_limiter::Config,
+}
+
+impl Validate for MeshConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        self.telemetry
+            .validate()
+            .map_err(|e| e.within("telemetry"))?;
+        self.server.validate().map_err(|e| e.within("server"))?;
+        self.redis.validate().map_err(|e| e.within("redis"))?;
+        self.nats.validate().map_err(|e| e.within("nats"))?;
+        self.postgres.validate().map_err(|e| e.within("postgres"))?;
+        self.gateway.validate().map_err(|e| e.within("gateway"))?;
+        self.inventory
+            .validate()
+            .map_err(|e| e.within("inventory"))?;
+        self.orders.validate().map_err(|e| e.within("orders"))?;
+        self.limiter.validate().map_err(|e| e.within("limiter"))
+    }
+}

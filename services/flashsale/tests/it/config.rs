@@ -1,0 +1,97 @@
+//! A bad configuration stops start-up with one clear line and a non-zero exit.
+
+use crate::{flashsale, write};
+
+fn run_and_capture(command: &mut std::process::Command) -> (i32, String) {
+    let output = command.output().expect("flashsale runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_file_value_names_the_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "bad.toml",
+        "[gateway]\nlisten = \"not-an-address\"\n",
+    );
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .args(["--config"])
+            .arg(&file)
+            .args(["serve", "gateway"]),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("`gateway.listen`"), "{stderr}");
+    assert!(stderr.contains("bad.toml"), "names the file: {stderr}");
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "typo.toml", "[redis]\nurll = \"redis://x\"\n");
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .args(["--config"])
+            .arg(&file)
+            .args(["serve", "inventory"]),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("redis.urll"), "{stderr}");
+}
+
+#[test]
+fn bad_env_value_names_the_variable_and_exits_2() {
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .env("FLASHSALE_REDIS__COMMAND_TIMEOUT", "soon")
+            .args(["serve", "inventory"]),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("`redis.command_timeout`"), "{stderr}");
+    assert!(
+        stderr.contains("FLASHSALE_REDIS__COMMAND_TIMEOUT"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn rule_violation_names_the_key() {
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .env("FLASHSALE_SERVER__SHUTDOWN_GRACE", "2h")
+            .args(["serve", "orders"]),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`server.shutdown_grace`"), "{stderr}");
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let (code, stderr) =
+        run_and_capture(flashsale().args(["--config", "/nonexistent/x.toml", "serve", "gateway"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("/nonexistent/x.toml"), "{stderr}");
+}
+
+#[test]
+fn config_check_prints_the_effective_config_without_secrets() {
+    let output = flashsale()
+        .env(
+            "FLASHSALE_POSTGRES__URL",
+            "postgres://app:s3cret@127.0.0.1:5432/fs",
+        )
+        .env("FLASHSALE_GATEWAY__LISTEN", "127.0.0.1:6000")
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("listen = \"127.0.0.1:6000\""), "{stdout}");
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+}

@@ -1,0 +1,126 @@
+//! Every `serve` target answers health and reflection, and drains on SIGTERM.
+
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+use crate::{Running, flashsale};
+
+async fn connect(addr: &str) -> Channel {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(channel) => return channel,
+            Err(e) if tokio::time::Instant::now() > deadline => panic!("{addr} never came up: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn list_services(channel: Channel) -> Vec<String> {
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let response = responses.next().await.expect("one response").expect("ok");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            names
+        }
+        other => panic!("unexpected reflection answer: {other:?}"),
+    }
+}
+
+async fn check_target(component: &str, services: &[&str]) {
+    let port = flashsale_testkit::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Running::spawn(flashsale().args(["serve", component, "--listen", &addr]));
+    let channel = connect(&addr).await;
+
+    let mut health = HealthClient::new(channel.clone());
+    for service in std::iter::once(&"").chain(services) {
+        let status = health
+            .check(HealthCheckRequest {
+                service: (*service).to_owned(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{component}: health of {service:?}: {e}"))
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            ServingStatus::Serving as i32,
+            "{component}: {service:?}"
+        );
+    }
+
+    let listed = list_services(channel).await;
+    let mut expected: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
+    expected.push("grpc.health.v1.Health".into());
+    expected.push("grpc.reflection.v1.ServerReflection".into());
+    expected.sort();
+    assert_eq!(listed, expected, "{component}: reflection");
+
+    // A client that keeps its connection open must not hold the drain up.
+    server.terminate();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.wait_exit(Duration::from_secs(10));
+        (server, status)
+    })
+    .await
+    .unwrap()
+    .1
+    .unwrap_or_else(|| panic!("{component} did not drain after SIGTERM"));
+    assert!(status.success(), "{component} exited with {status}");
+}
+
+#[tokio::test]
+async fn gateway_serves_health_and_reflection() {
+    check_target(
+        "gateway",
+        &["flashsale.v1.FlashSale", "flashsale.v1.SaleAdmin"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn inventory_serves_health_and_reflection() {
+    check_target("inventory", &["flashsale.v1.Inventory"]).await;
+}
+
+#[tokio::test]
+async fn orders_serves_health_and_reflection() {
+    check_target("orders", &["flashsale.v1.Orders"]).await;
+}
+
+#[tokio::test]
+async fn limiter_serves_health_and_reflection() {
+    check_target(
+        "limiter",
+        &[
+            "envoy.service.ratelimit.v3.RateLimitService",
+            "flashsale.v1.Limiter",
+        ],
+    )
+    .await;
+}

@@ -1,0 +1,615 @@
+//! Typed configuration: defaults, then a TOML file, then `FLASHSALE_*` environment variables.
+//!
+//! Every service reads one document. Each layer overrides the one before it:
+//!
+//! 1. the defaults of the Rust types (`Default`),
+//! 2. an optional TOML file (`--config FILE`),
+//! 3. environment variables `FLASHSALE_<SECTION>__<KEY>=value` (`__` nests; e.g.
+//!    `FLASHSALE_REDIS__COMMAND_TIMEOUT=50ms` sets `redis.command_timeout`). Variables without
+//!    `__` are not configuration and are ignored (`FLASHSALE_CONFIG` names the file, say).
+//!
+//! The result is then checked by [`Validate`] before any port is bound. Every error names the
+//! key that is wrong and where the bad value came from, on one line.
+//!
+//! Parsing never reads the process environment by itself: callers pass the variables in, so tests
+//! stay independent of each other ([`Loader::with_env`]).
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment, Metadata, Profile, Provider,
+    providers::{Format, Toml},
+    value::{Dict, Map, Value},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Prefix of the environment variables that override configuration.
+pub const ENV_PREFIX: &str = "FLASHSALE_";
+
+/// A configuration that could not be loaded or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named file does not exist or cannot be read.
+    #[error("config file {path}: {source}")]
+    File {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// A value has the wrong type or shape, or a key is unknown.
+    #[error("config key `{key}`{origin}: {message}")]
+    Parse {
+        /// Dotted path of the offending key, e.g. `redis.command_timeout`.
+        key: String,
+        /// Where the value came from, e.g. ` (from FLASHSALE_REDIS__COMMAND_TIMEOUT)`.
+        origin: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Values parse but break a rule (a range, a relation between keys).
+    #[error("config key `{}`: {}", .0.key, .0.reason)]
+    Invalid(Invalid),
+}
+
+/// A rule a configuration value breaks, found by [`Validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Dotted path of the key, e.g. `gateway.listen`.
+    pub key: String,
+    /// What is wrong, in words an operator can act on.
+    pub reason: String,
+}
+
+impl Invalid {
+    /// A broken rule for `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Prefixes the key with the section it was found in: `listen` in `gateway` becomes
+    /// `gateway.listen`.
+    #[must_use]
+    pub fn within(mut self, section: &str) -> Self {
+        self.key = format!("{section}.{}", self.key);
+        self
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+impl From<Invalid> for ConfigError {
+    fn from(invalid: Invalid) -> Self {
+        Self::Invalid(invalid)
+    }
+}
+
+/// Rules a configuration section must satisfy beyond its types.
+pub trait Validate {
+    /// Checks the rules; the error's key is relative to this section.
+    fn validate(&self) -> Result<(), Invalid>;
+}
+
+/// Loads a configuration of type `T` from defaults, an optional file and environment pairs.
+#[derive(Debug, Default)]
+pub struct Loader {
+    file: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl Loader {
+    /// A loader with only the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads this TOML file over the defaults; it must exist.
+    #[must_use]
+    pub fn with_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Applies these environment variables last. Only `FLASHSALE_*` names with `__` count.
+    #[must_use]
+    pub fn with_env<K, V>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.env
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Applies the process's environment variables last.
+    #[must_use]
+    pub fn with_process_env(self) -> Self {
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        self.with_env(vars)
+    }
+
+    /// Merges the layers, deserializes them into `T` and validates the result.
+    pub fn load<T>(&self) -> Result<T, ConfigError>
+    where
+        T: DeserializeOwned + Validate,
+    {
+        // Defaults come from `#[serde(default)]` on the types, not from serializing them: that
+        // would pass secrets through their redacting `Serialize`.
+        let mut figment = Figment::new();
+        if let Some(path) = &self.file {
+            // Toml::file ignores a missing file; a file the operator named must exist.
+            std::fs::metadata(path).map_err(|source| ConfigError::File {
+                path: path.clone(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(EnvOverrides::from_pairs(&self.env));
+        let config: T = figment.extract().map_err(parse_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Turns figment's error into one line naming the key and its source.
+fn parse_error(error: figment::Error) -> ConfigError {
+    let more = error.count().saturating_sub(1);
+    let key = error.path.join(".");
+    let origin = match &error.metadata {
+        Some(md) if md.name.contains(ENV_PREFIX) => {
+            format!(
+                " (from {ENV_PREFIX}{})",
+                key.replace('.', "__").to_uppercase()
+            )
+        }
+        Some(md) => match &md.source {
+            Some(figment::Source::File(path)) => format!(" (from {})", path.display()),
+            _ => format!(" (from {})", md.name),
+        },
+        None => String::new(),
+    };
+    let mut message = error.kind.to_string();
+    if more > 0 {
+        message.push_str(&format!(" (and {more} more problem(s))"));
+    }
+    ConfigError::Parse {
+        key: if key.is_empty() { "<root>".into() } else { key },
+        origin,
+        message,
+    }
+}
+
+/// The `FLASHSALE_*__*` environment variables as a figment provider.
+struct EnvOverrides {
+    dict: Dict,
+}
+
+impl EnvOverrides {
+    fn from_pairs(vars: &[(String, String)]) -> Self {
+        let mut dict = Dict::new();
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if !rest.contains("__") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                continue;
+            }
+            let value: Value = value.parse().unwrap_or_else(|_| Value::from(value.clone()));
+            insert_path(&mut dict, &path, value);
+        }
+        Self { dict }
+    }
+}
+
+fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if entry.as_dict().is_none() {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+impl Provider for EnvOverrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("`{ENV_PREFIX}` environment variable(s)"))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut map = BTreeMap::new();
+        map.insert(Profile::Default, self.dict.clone());
+        Ok(map)
+    }
+}
+
+/// Settings every gRPC server shares.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// How long a draining server may take to finish in-flight calls after SIGTERM before it
+    /// exits anyway. Keep it below the pod's `terminationGracePeriodSeconds`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// Deadline applied to every unary call that does not carry a shorter `grpc-timeout`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most concurrent requests one connection may have in flight.
+    pub concurrency_per_connection: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(20),
+            max_message_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            concurrency_per_connection: 1024,
+        }
+    }
+}
+
+impl Validate for ServerConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        check_range(
+            "shutdown_grace",
+            self.shutdown_grace,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
+        check_range(
+            "request_timeout",
+            self.request_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        )?;
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return Err(Invalid::new(
+                "max_message_bytes",
+                format!("{} is outside 1024..=67108864", self.max_message_bytes),
+            ));
+        }
+        if self.concurrency_per_connection == 0 {
+            return Err(Invalid::new(
+                "concurrency_per_connection",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `value` lies in `min..=max`.
+pub fn check_range(
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), Invalid> {
+    if value < min || value > max {
+        return Err(Invalid::new(
+            key,
+            format!(
+                "{} is outside {}..={}",
+                humantime::format_duration(value),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where Redis is and how long a command may take.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`, `rediss://` for TLS, or
+    /// `redis-cluster://host:port,host:port` for a cluster. May hold a password, so it is a
+    /// secret.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub url: SecretString,
+    /// Most time one Redis command may take before the caller gives up and reports UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Connections in the pool.
+    pub pool_size: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("redis://127.0.0.1:6379"),
+            command_timeout: Duration::from_millis(500),
+            pool_size: 4,
+        }
+    }
+}
+
+impl Validate for RedisConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        let url = self.url.expose_secret();
+        if ![
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+        ]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+        {
+            return Err(Invalid::new(
+                "url",
+                "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://",
+            ));
+        }
+        check_range(
+            "command_timeout",
+            self.command_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        )?;
+        if !(1..=256).contains(&self.pool_size) {
+            return Err(Invalid::new("pool_size", "must be within 1..=256"));
+        }
+        Ok(())
+    }
+}
+
+/// Where NATS is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `nats://host:port`; several servers separated by commas.
+    pub url: String,
+    /// Optional token or `user:password` credentials; empty means none.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub auth: SecretString,
+    /// Most time a publish may wait for JetStream's acknowledgement.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            auth: SecretString::from(""),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Validate for NatsConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        for server in self.url.split(',') {
+            let server = server.trim();
+            if !(server.starts_with("nats://") || server.starts_with("tls://")) {
+                return Err(Invalid::new(
+                    "url",
+                    format!("`{server}` must start with nats:// or tls://"),
+                ));
+            }
+        }
+        check_range(
+            "request_timeout",
+            self.request_timeout,
+            Duration::from_millis(10),
+            Duration::from_secs(120),
+        )
+    }
+}
+
+/// Where Postgres is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user[:password]@host:port/database`; a secret.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub url: SecretString,
+    /// Most connections in the pool.
+    pub max_connections: u32,
+    /// Most time to wait for a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/flashsale"),
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Validate for PostgresConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        let url = self.url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(Invalid::new(
+                "url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if !(1..=1000).contains(&self.max_connections) {
+            return Err(Invalid::new("max_connections", "must be within 1..=1000"));
+        }
+        check_range(
+            "connect_timeout",
+            self.connect_timeout,
+            Duration::from_millis(10),
+            Duration::from_secs(120),
+        )
+    }
+}
+
+/// Writes a secret as `"<redacted>"` so printed configs never leak it.
+pub fn serialize_redacted<S: serde::Serializer>(
+    _secret: &SecretString,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(REDACTED)
+}
+
+/// What a secret looks like in printed configuration.
+pub const REDACTED: &str = "<redacted>";
+
+/// Resolves a path relative to the config file's folder, when it is relative.
+pub fn relative_to(config_file: Option<&Path>, path: &Path) -> PathBuf {
+    match config_file.and_then(Path::parent) {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Doc {
+        server: ServerConfig,
+        redis: RedisConfig,
+    }
+
+    impl Validate for Doc {
+        fn validate(&self) -> Result<(), Invalid> {
+            self.server.validate().map_err(|e| e.within("server"))?;
+            self.redis.validate().map_err(|e| e.within("redis"))
+        }
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let f = file("[server]\nrequest_timeout = \"3s\"\nmax_message_bytes = 2048\n");
+        let doc: Doc = Loader::new()
+            .with_file(f.path())
+            .with_env([
+                ("FLASHSALE_SERVER__REQUEST_TIMEOUT", "7s"),
+                ("FLASHSALE_CONFIG", "x"),
+            ])
+            .load()
+            .unwrap();
+        assert_eq!(doc.server.request_timeout, Duration::from_secs(7));
+        assert_eq!(doc.server.max_message_bytes, 2048);
+        assert_eq!(doc.server.shutdown_grace, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn bad_env_value_names_key_and_variable() {
+        let err = Loader::new()
+            .with_env([("FLASHSALE_REDIS__COMMAND_TIMEOUT", "soon")])
+            .load::<Doc>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config key `redis.command_timeout`"),
+            "{err}"
+        );
+        assert!(err.contains("FLASHSALE_REDIS__COMMAND_TIMEOUT"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_refused() {
+        let f = file("[server]\nrequest_timout = \"3s\"\n");
+        let err = Loader::new()
+            .with_file(f.path())
+            .load::<Doc>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("request_timout"), "{err}");
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn rule_violations_name_the_key() {
+        let err = Loader::new()
+            .with_env([("FLASHSALE_REDIS__URL", "http://x")])
+            .load::<Doc>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config key `redis.url`: must start with"),
+            "{err}"
+        );
+
+        let err = Loader::new()
+            .with_env([("FLASHSALE_SERVER__SHUTDOWN_GRACE", "1h")])
+            .load::<Doc>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.shutdown_grace"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Loader::new()
+            .with_file("/nonexistent/flashsale.toml")
+            .load::<Doc>()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }));
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let doc: Doc = Loader::new()
+            .with_env([("FLASHSALE_REDIS__URL", "redis://:hunter2@127.0.0.1:1")])
+            .load()
+            .unwrap();
+        let printed = format!("{}{:?}", toml_like(&doc.redis), doc.redis);
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert_eq!(
+            doc.redis.url.expose_secret(),
+            "redis://:hunter2@127.0.0.1:1"
+        );
+    }
+
+    fn toml_like<T: Serialize>(value: &T) -> String {
+        figment::Figment::from(figment::providers::Serialized::defaults(value))
+            .extract::<Value>()
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+    }
+}

