@@ -1,19 +1,229 @@
-//! The `flashsale.v1.Inventory` gRPC server.
+//! The `flashsale.v1.Inventory` gRPC server: converts protobuf to the core's types and back.
 
-use flashsale_proto::v1::inventory_server::{Inventory, InventoryServer};
+use std::time::Duration;
+
+use flashsale_proto::{
+    time::{duration_ms, timestamp, unix_ms},
+    v1::{
+        self as pb,
+        inventory_server::{Inventory as InventoryRpc, InventoryServer},
+    },
+};
 use flashsale_runtime::{GrpcServer, config::ServerConfig};
+use tonic::{Request, Response, Status};
 
-/// The gRPC face of the inventory. Methods not built yet answer UNIMPLEMENTED.
-#[derive(Debug, Clone, Default)]
-pub struct InventoryApi;
+use crate::{
+    Error, Inventory,
+    model::{
+        DEFAULT_HOLD, Outcome, ReleaseReason, Reservation, ReservationState, ReserveRequest,
+        SaleSpec, StockLevel,
+    },
+};
 
-impl Inventory for InventoryApi {}
+/// The gRPC face of an [`Inventory`].
+#[derive(Debug, Clone)]
+pub struct InventoryApi {
+    inventory: Inventory,
+}
+
+impl InventoryApi {
+    /// Serves `inventory`.
+    pub fn new(inventory: Inventory) -> Self {
+        Self { inventory }
+    }
+}
 
 /// A server hosting the Inventory service.
-pub fn server(server: &ServerConfig) -> GrpcServer {
+pub fn server(inventory: Inventory, server: &ServerConfig) -> GrpcServer {
     GrpcServer::new("inventory", server).add_service(
-        InventoryServer::new(InventoryApi)
+        InventoryServer::new(InventoryApi::new(inventory))
             .max_decoding_message_size(server.max_message_bytes)
             .max_encoding_message_size(server.max_message_bytes),
     )
+}
+
+/// The sale fields the inventory needs, checked.
+pub fn sale_spec(sale: &pb::Sale) -> Result<SaleSpec, Error> {
+    let starts = sale
+        .starts_at
+        .as_ref()
+        .and_then(unix_ms)
+        .ok_or_else(|| Error::invalid("starts_at", "is required"))?;
+    let ends = sale
+        .ends_at
+        .as_ref()
+        .and_then(unix_ms)
+        .ok_or_else(|| Error::invalid("ends_at", "is required"))?;
+    let hold = match &sale.reservation_hold {
+        None => DEFAULT_HOLD,
+        Some(d) => Duration::from_millis(
+            duration_ms(d)
+                .ok_or_else(|| Error::invalid("reservation_hold", "must not be negative"))?,
+        ),
+    };
+    let spec = SaleSpec {
+        sale_id: sale.sale_id.clone(),
+        stock: sale.stock,
+        per_user_limit: sale.per_user_limit,
+        starts_at_ms: starts,
+        ends_at_ms: ends,
+        reservation_hold: hold,
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// A reservation as protobuf.
+pub fn reservation_pb(r: &Reservation) -> pb::Reservation {
+    pb::Reservation {
+        reservation_id: r.reservation_id.clone(),
+        sale_id: r.sale_id.clone(),
+        user_id: r.user_id.clone(),
+        quantity: r.quantity,
+        state: match r.state {
+            ReservationState::Held => pb::ReservationState::Held,
+            ReservationState::Committed => pb::ReservationState::Committed,
+            ReservationState::Confirmed => pb::ReservationState::Confirmed,
+            ReservationState::Released => pb::ReservationState::Released,
+        } as i32,
+        created_at: Some(timestamp(r.created_at_ms)),
+        expires_at: r.expires_at_ms.map(timestamp),
+        idempotency_key: r.idempotency_key.clone(),
+    }
+}
+
+/// Stock figures as protobuf.
+pub fn stock_pb(sale_id: &str, s: &StockLevel) -> pb::StockLevel {
+    pb::StockLevel {
+        sale_id: sale_id.to_owned(),
+        total: s.total,
+        available: s.available,
+        held: s.held,
+        sold: s.sold,
+    }
+}
+
+fn release_reason(value: i32) -> Result<ReleaseReason, Error> {
+    match pb::ReleaseReason::try_from(value) {
+        Ok(pb::ReleaseReason::ReservationExpired) => Ok(ReleaseReason::ReservationExpired),
+        Ok(pb::ReleaseReason::PaymentExpired) => Ok(ReleaseReason::PaymentExpired),
+        Ok(pb::ReleaseReason::Cancelled) => Ok(ReleaseReason::Cancelled),
+        Ok(pb::ReleaseReason::PublishFailed) => Ok(ReleaseReason::PublishFailed),
+        Ok(pb::ReleaseReason::Admin) => Ok(ReleaseReason::Admin),
+        Ok(pb::ReleaseReason::Unspecified) => Err(Error::invalid("reason", "is required")),
+        Err(_) => Err(Error::invalid(
+            "reason",
+            format!("{value} is not a ReleaseReason"),
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryRpc for InventoryApi {
+    async fn load_sale(
+        &self,
+        request: Request<pb::LoadSaleRequest>,
+    ) -> Result<Response<pb::LoadSaleResponse>, Status> {
+        let request = request.into_inner();
+        let sale = request
+            .sale
+            .ok_or_else(|| Error::invalid("sale", "is required"))?;
+        let spec = sale_spec(&sale)?;
+        let loaded = self.inventory.load_sale(&spec).await?;
+        Ok(Response::new(pb::LoadSaleResponse {
+            created: loaded.created,
+            stock: Some(stock_pb(&spec.sale_id, &loaded.stock)),
+        }))
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        let r = request.into_inner();
+        let request = ReserveRequest {
+            sale_id: r.sale_id,
+            user_id: r.user_id,
+            quantity: r.quantity,
+            idempotency_key: r.idempotency_key,
+        };
+        let reserved = self.inventory.reserve(&request).await?;
+        let (outcome, reservation, duplicate) = match &reserved.outcome {
+            Outcome::Reserved {
+                reservation,
+                duplicate,
+            } => (
+                pb::ReserveOutcome::Reserved,
+                Some(reservation_pb(reservation)),
+                *duplicate,
+            ),
+            Outcome::SoldOut => (pb::ReserveOutcome::SoldOut, None, false),
+            Outcome::UserLimit => (pb::ReserveOutcome::UserLimit, None, false),
+            Outcome::NotActive => (pb::ReserveOutcome::NotActive, None, false),
+            Outcome::QuantityOverLimit => {
+                return Err(Error::invalid(
+                    "quantity",
+                    format!("{} is over the sale's per-user limit", request.quantity),
+                )
+                .into());
+            }
+        };
+        Ok(Response::new(pb::ReserveResponse {
+            outcome: outcome as i32,
+            reservation,
+            duplicate,
+            available: reserved.available,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        let r = request.into_inner();
+        let hold_until = r
+            .hold_until
+            .as_ref()
+            .and_then(unix_ms)
+            .ok_or_else(|| Error::invalid("hold_until", "is required"))?;
+        let t = self
+            .inventory
+            .commit(&r.sale_id, &r.reservation_id, hold_until)
+            .await?;
+        Ok(Response::new(reservation_pb(&t.reservation)))
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<pb::ConfirmRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        let r = request.into_inner();
+        let t = self
+            .inventory
+            .confirm(&r.sale_id, &r.reservation_id)
+            .await?;
+        Ok(Response::new(reservation_pb(&t.reservation)))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        let r = request.into_inner();
+        let reason = release_reason(r.reason)?;
+        let t = self
+            .inventory
+            .release(&r.sale_id, &r.reservation_id, reason)
+            .await?;
+        Ok(Response::new(reservation_pb(&t.reservation)))
+    }
+
+    async fn get_stock(
+        &self,
+        request: Request<pb::GetStockRequest>,
+    ) -> Result<Response<pb::StockLevel>, Status> {
+        let sale_id = request.into_inner().sale_id;
+        let stock = self.inventory.stock(&sale_id).await?;
+        Ok(Response::new(stock_pb(&sale_id, &stock)))
+    }
 }

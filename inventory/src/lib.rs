@@ -1,12 +1,38 @@
 //! Inventory: the service that decides stock.
 //!
-//! It owns every sale's stock in Redis, the per-user purchase counts, idempotency keys and
+//! It owns every sale's stock in Redis, the per-user purchase counts, idempotency keys,
 //! reservations with their expiry, and the sold-out signal gateways cache.
 //!
+//! Each operation is one Lua script (`lua/`), loaded once and called by SHA, over the keys of
+//! one sale; all of them carry the hash tag `{sale_id}`, so every script is single-slot on a
+//! Redis Cluster. Scripts use Redis's clock, so replicas agree on time. Every script keeps
+//! `available + held + sold == total` and never lets `available` go below zero: Redis runs a
+//! script atomically, so no interleaving of calls can oversell.
+//!
+//! A reservation moves `HELD → COMMITTED → CONFIRMED`, or to `RELEASED` from `HELD` or
+//! `COMMITTED`. Each transition is a compare-and-set inside its script, idempotent when repeated,
+//! refused when it does not apply.
+//!
+//! - [`model`]: domain types ([`SaleSpec`], [`Reservation`], [`Outcome`], ...).
+//! - [`store`]: [`Inventory`], the core over Redis that tests and benchmarks call.
+//! - [`sweeper`]: releases reservations whose hold passed; replicas may run it at once.
+//! - [`signal`]: sold-out signals over NATS and the gateway-side [`SoldOutFlags`].
+//! - [`grpc`]: the `flashsale.v1.Inventory` server over the core.
 //! - [`config`]: the `[inventory]` configuration section.
-//! - [`grpc`]: the `flashsale.v1.Inventory` gRPC server.
 
 pub mod config;
+mod error;
 pub mod grpc;
+pub mod model;
+pub mod signal;
+pub mod store;
+pub mod sweeper;
 
 pub use config::Config;
+pub use error::Error;
+pub use model::{
+    Audit, Outcome, ReleaseReason, Reservation, ReservationState, ReserveRequest, Reserved,
+    SaleSpec, StockLevel, Transition,
+};
+pub use signal::{Signals, SoldOutFlags};
+pub use store::Inventory;

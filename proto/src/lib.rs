@@ -9,7 +9,8 @@
 //!   field for field as Envoy publishes it, so Envoy and Istio can call our limiter.
 //!
 //! Client code is behind the `client` feature and server code behind `server` (both default).
-//! [`FILE_DESCRIPTOR_SET`] feeds gRPC reflection.
+//! [`FILE_DESCRIPTOR_SET`] feeds gRPC reflection; [`rules`] checks the identifier rules the
+//! protos state.
 
 #[allow(
     missing_docs,
@@ -22,6 +23,9 @@
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/mod.rs"));
 }
+
+pub mod rules;
+pub mod time;
 
 pub use generated::{envoy, flashsale};
 

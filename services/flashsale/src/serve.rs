@@ -11,14 +11,39 @@ use crate::{
     config::MeshConfig,
 };
 
-/// Builds the server for `component` from the configuration.
-pub(crate) fn build(component: Component, config: &MeshConfig) -> GrpcServer {
-    match component {
+/// Connects `component` to its stores, starts its background work (stopped by `shutdown`)
+/// and returns its server, ready to serve.
+pub(crate) async fn build(
+    component: Component,
+    config: &MeshConfig,
+    shutdown: &Shutdown,
+) -> Result<GrpcServer> {
+    Ok(match component {
         Component::Gateway => flashsale_gateway::grpc::server(&config.server),
-        Component::Inventory => flashsale_inventory::grpc::server(&config.server),
+        Component::Inventory => inventory(config, shutdown).await?,
         Component::Orders => flashsale_orders::grpc::server(&config.server),
         Component::Limiter => flashsale_limiter::grpc::server(&config.server),
-    }
+    })
+}
+
+async fn inventory(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer> {
+    use flashsale_inventory::{Inventory, Signals, sweeper};
+    let nats = flashsale_runtime::nats::connect(&config.nats, "inventory")
+        .await
+        .context("connecting to NATS")?;
+    let signals = Signals::new(nats, config.inventory.signal_prefix.clone());
+    let inventory = Inventory::connect(&config.redis, Some(signals))
+        .await
+        .context("connecting to Redis")?;
+    tokio::spawn(sweeper::run(
+        inventory.clone(),
+        sweeper::SweepConfig {
+            interval: config.inventory.sweep_interval,
+            batch: config.inventory.sweep_batch,
+        },
+        shutdown.child(),
+    ));
+    Ok(flashsale_inventory::grpc::server(inventory, &config.server))
 }
 
 /// The configured listen address of `component`.
@@ -40,7 +65,7 @@ pub(crate) async fn run(args: ServeArgs, config: MeshConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
-    let server = build(args.component, &config);
+    let server = build(args.component, &config, &shutdown).await?;
     let (_, served) = drain(
         server.serve(listener, shutdown.wait()),
         &shutdown,

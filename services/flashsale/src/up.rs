@@ -27,7 +27,7 @@ pub(crate) async fn run(args: UpArgs, config: MeshConfig) -> Result<()> {
             .await
             .with_context(|| format!("{}: cannot listen on {addr}", component.name()))?;
         let addr = listener.local_addr()?;
-        let server = build(component, &config);
+        let server = build(component, &config, &shutdown).await?;
         let names: Vec<&'static str> = server.service_names().to_vec();
         servers.push(tokio::spawn(server.serve(listener, shutdown.wait())));
         endpoints.push((component, addr, names));

@@ -3,6 +3,7 @@
 //! - [`config`]: typed configuration layered defaults → TOML file → `FLASHSALE_*` environment,
 //!   validated before any port is bound; the sections every service reads (Redis, NATS,
 //!   Postgres, gRPC server settings).
+//! - [`nats`]: connecting to NATS with the configured credentials.
 //! - [`telemetry`]: logging set up once per process, with a guard that flushes on drop.
 //! - [`server`]: a gRPC server with `grpc.health.v1` and reflection, serving on a listener the
 //!   caller bound and draining on a shutdown future.
@@ -10,6 +11,7 @@
 //! - [`status`]: the one mapping from a crate's error to a `tonic::Status` with a reason.
 
 pub mod config;
+pub mod nats;
 pub mod server;
 pub mod shutdown;
 pub mod status;

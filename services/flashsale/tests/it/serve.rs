@@ -51,10 +51,15 @@ async fn list_services(channel: Channel) -> Vec<String> {
     }
 }
 
-async fn check_target(component: &str, services: &[&str]) {
+async fn check_target(component: &str, services: &[&str], env: &[(&str, String)]) {
     let port = flashsale_testkit::free_port().unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let mut server = Running::spawn(flashsale().args(["serve", component, "--listen", &addr]));
+    let mut command = flashsale();
+    command.args(["serve", component, "--listen", &addr]);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut server = Running::spawn(&mut command);
     let channel = connect(&addr).await;
 
     let mut health = HealthClient::new(channel.clone());
@@ -99,18 +104,29 @@ async fn gateway_serves_health_and_reflection() {
     check_target(
         "gateway",
         &["flashsale.v1.FlashSale", "flashsale.v1.SaleAdmin"],
+        &[],
     )
     .await;
 }
 
 #[tokio::test]
 async fn inventory_serves_health_and_reflection() {
-    check_target("inventory", &["flashsale.v1.Inventory"]).await;
+    let redis = flashsale_testkit::RedisServer::start().await.unwrap();
+    let nats = flashsale_testkit::NatsServer::start().await.unwrap();
+    check_target(
+        "inventory",
+        &["flashsale.v1.Inventory"],
+        &[
+            ("FLASHSALE_REDIS__URL", redis.url()),
+            ("FLASHSALE_NATS__URL", nats.url()),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn orders_serves_health_and_reflection() {
-    check_target("orders", &["flashsale.v1.Orders"]).await;
+    check_target("orders", &["flashsale.v1.Orders"], &[]).await;
 }
 
 #[tokio::test]
@@ -121,6 +137,7 @@ async fn limiter_serves_health_and_reflection() {
             "envoy.service.ratelimit.v3.RateLimitService",
             "flashsale.v1.Limiter",
         ],
+        &[],
     )
     .await;
 }

@@ -1,0 +1,115 @@
+use std::time::Duration;
+
+use flashsale_inventory::{Outcome, ReservationState, Signals, SoldOutFlags, sweeper};
+use flashsale_testkit::NatsServer;
+
+use crate::{assert_consistent, inventory, open_sale, request};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweepers_release_expired_reservations_once_and_clear_sold_out() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let flags = SoldOutFlags::subscribe(&client, "test.stock")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let (_redis, inv) = inventory(Some(Signals::new(client.clone(), "test.stock"))).await;
+
+    let mut sale = open_sale(200, 1);
+    sale.reservation_hold = Duration::from_secs(1);
+    inv.load_sale(&sale).await.unwrap();
+
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        match inv
+            .reserve(&request(&sale, &format!("u{i}"), 1, ""))
+            .await
+            .unwrap()
+            .outcome
+        {
+            Outcome::Reserved { reservation, .. } => ids.push(reservation.reservation_id),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Commit a quarter: persisted orders are not the sweeper's to release.
+    let deadline = flashsale_proto::time::now_ms() + 600_000;
+    for id in &ids[..50] {
+        inv.commit(&sale.sale_id, id, deadline).await.unwrap();
+    }
+    assert_eq!(inv.stock(&sale.sale_id).await.unwrap().available, 0);
+    wait_until(|| flags.is_sold_out(&sale.sale_id)).await;
+
+    // Nothing is due yet.
+    assert_eq!(sweeper::sweep_once(&inv, 1000).await.unwrap().released, 0);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    // Two sweepers at once, with small batches so they interleave.
+    let (a, b) = tokio::join!(sweeper::sweep_once(&inv, 7), sweeper::sweep_once(&inv, 7));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.released + b.released,
+        150,
+        "each expired reservation released exactly once"
+    );
+
+    let audit = assert_consistent(&inv, &sale.sale_id).await;
+    assert_eq!((audit.stock.available, audit.stock.held), (150, 50));
+    for r in &audit.reservations {
+        let expected = if ids[..50].contains(&r.reservation_id) {
+            ReservationState::Committed
+        } else {
+            ReservationState::Released
+        };
+        assert_eq!(r.state, expected);
+    }
+    assert_eq!(
+        sweeper::sweep_once(&inv, 1000).await.unwrap().released,
+        0,
+        "nothing twice"
+    );
+    wait_until(|| !flags.is_sold_out(&sale.sale_id)).await;
+}
+
+#[tokio::test(start_paused = false)]
+async fn sweeper_task_runs_until_shutdown() {
+    let (_redis, inv) = inventory(None).await;
+    let mut sale = open_sale(3, 1);
+    sale.reservation_hold = Duration::from_secs(1);
+    inv.load_sale(&sale).await.unwrap();
+    inv.reserve(&request(&sale, "a", 1, "")).await.unwrap();
+
+    let shutdown = flashsale_runtime::Shutdown::new();
+    let task = tokio::spawn(sweeper::run(
+        inv.clone(),
+        sweeper::SweepConfig {
+            interval: Duration::from_millis(50),
+            batch: 100,
+        },
+        shutdown.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while inv.stock(&sale.sale_id).await.unwrap().available < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweeper never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_consistent(&inv, &sale.sale_id).await;
+}
+
+async fn wait_until(mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,181 @@
+use flashsale_inventory::{Error, Outcome, ReleaseReason, Reservation, ReservationState, SaleSpec};
+
+use crate::{assert_consistent, inventory, open_sale, request};
+
+async fn reserve(
+    inventory: &flashsale_inventory::Inventory,
+    sale: &SaleSpec,
+    user: &str,
+    qty: u32,
+) -> Reservation {
+    match inventory
+        .reserve(&request(sale, user, qty, ""))
+        .await
+        .unwrap()
+        .outcome
+    {
+        Outcome::Reserved { reservation, .. } => reservation,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn commit_confirm_is_final_and_idempotent() {
+    let (_redis, inv) = inventory(None).await;
+    let sale = open_sale(10, 5);
+    inv.load_sale(&sale).await.unwrap();
+    let r = reserve(&inv, &sale, "a", 2).await;
+    assert_eq!(r.state, ReservationState::Held);
+    assert!(r.expires_at_ms.unwrap() > r.created_at_ms);
+
+    let deadline = flashsale_proto::time::now_ms() + 900_000;
+    let c = inv
+        .commit(&sale.sale_id, &r.reservation_id, deadline)
+        .await
+        .unwrap();
+    assert!(c.changed);
+    assert_eq!(
+        (c.reservation.state, c.reservation.expires_at_ms),
+        (ReservationState::Committed, Some(deadline))
+    );
+    assert!(
+        !inv.commit(&sale.sale_id, &r.reservation_id, deadline)
+            .await
+            .unwrap()
+            .changed
+    );
+
+    let p = inv.confirm(&sale.sale_id, &r.reservation_id).await.unwrap();
+    assert!(p.changed);
+    assert_eq!(p.reservation.state, ReservationState::Confirmed);
+    assert!(
+        !inv.confirm(&sale.sale_id, &r.reservation_id)
+            .await
+            .unwrap()
+            .changed
+    );
+
+    let refused = inv
+        .release(&sale.sale_id, &r.reservation_id, ReleaseReason::Cancelled)
+        .await;
+    match refused {
+        Err(e @ Error::Refused { .. }) => {
+            assert_eq!(
+                flashsale_runtime::IntoStatus::reason(&e),
+                "RESERVATION_CONFIRMED"
+            );
+            assert_eq!(
+                flashsale_runtime::IntoStatus::code(&e),
+                tonic::Code::FailedPrecondition
+            );
+        }
+        other => panic!("releasing a confirmed reservation must be refused: {other:?}"),
+    }
+    let stock = assert_consistent(&inv, &sale.sale_id).await.stock;
+    assert_eq!((stock.available, stock.held, stock.sold), (8, 0, 2));
+}
+
+#[tokio::test]
+async fn release_returns_units_exactly_once() {
+    let (_redis, inv) = inventory(None).await;
+    let sale = open_sale(3, 3);
+    inv.load_sale(&sale).await.unwrap();
+    let r = reserve(&inv, &sale, "a", 3).await;
+    assert_eq!(inv.stock(&sale.sale_id).await.unwrap().available, 0);
+
+    let releases =
+        (0..8).map(|_| inv.release(&sale.sale_id, &r.reservation_id, ReleaseReason::Cancelled));
+    let results = futures::future::join_all(releases).await;
+    let changed = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().changed)
+        .count();
+    assert_eq!(changed, 1, "eight concurrent releases, one transition");
+    let stock = assert_consistent(&inv, &sale.sale_id).await.stock;
+    assert_eq!(stock.available, 3);
+
+    // The buyer's allowance came back too.
+    reserve(&inv, &sale, "a", 3).await;
+
+    match inv.confirm(&sale.sale_id, &r.reservation_id).await {
+        Err(e @ Error::Refused { .. }) => {
+            assert_eq!(
+                flashsale_runtime::IntoStatus::reason(&e),
+                "RESERVATION_RELEASED"
+            )
+        }
+        other => panic!("confirming a released reservation must be refused: {other:?}"),
+    }
+    assert!(
+        matches!(
+            inv.commit(
+                &sale.sale_id,
+                &r.reservation_id,
+                flashsale_proto::time::now_ms() + 1000
+            )
+            .await,
+            Err(Error::Refused { .. })
+        ),
+        "a cancelled reservation is never revived"
+    );
+    assert!(matches!(
+        inv.release(&sale.sale_id, "no-such-id", ReleaseReason::Admin)
+            .await,
+        Err(Error::ReservationNotFound { .. })
+    ));
+    assert_consistent(&inv, &sale.sale_id).await;
+}
+
+#[tokio::test]
+async fn commit_revives_an_expired_reservation_only_when_stock_allows() {
+    let (_redis, inv) = inventory(None).await;
+    let sale = open_sale(2, 1);
+    inv.load_sale(&sale).await.unwrap();
+    let late = reserve(&inv, &sale, "late", 1).await;
+    // The hold passed before the order was persisted (the sweeper released it).
+    inv.release(
+        &sale.sale_id,
+        &late.reservation_id,
+        ReleaseReason::ReservationExpired,
+    )
+    .await
+    .unwrap();
+
+    let deadline = flashsale_proto::time::now_ms() + 60_000;
+    let revived = inv
+        .commit(&sale.sale_id, &late.reservation_id, deadline)
+        .await
+        .unwrap();
+    assert!(revived.changed);
+    assert_eq!(revived.reservation.state, ReservationState::Committed);
+    assert_consistent(&inv, &sale.sale_id).await;
+
+    // Once more, but this time the unit went to someone else in between.
+    let other = reserve(&inv, &sale, "other", 1).await;
+    inv.release(
+        &sale.sale_id,
+        &late.reservation_id,
+        ReleaseReason::ReservationExpired,
+    )
+    .await
+    .unwrap();
+    reserve(&inv, &sale, "third", 1).await;
+    match inv
+        .commit(&sale.sale_id, &late.reservation_id, deadline)
+        .await
+    {
+        Err(e @ Error::Refused { .. }) => {
+            assert_eq!(
+                flashsale_runtime::IntoStatus::reason(&e),
+                "RESERVATION_EXPIRED"
+            )
+        }
+        other => panic!("no stock to revive with: {other:?}"),
+    }
+    let stock = assert_consistent(&inv, &sale.sale_id).await.stock;
+    assert_eq!(
+        (stock.available, stock.held),
+        (0, 2),
+        "no oversell: {other:?}"
+    );
+}
