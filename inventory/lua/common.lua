@@ -72,3 +72,33 @@ local function take_units(user, qty, limit)
   end
   return after, -1, 0
 end
+
+-- Commit of one reservation (see commit.lua). Returns status, rec, available, signal, seq;
+-- status OK | UNCHANGED | REVIVED | REFUSED | NOT_FOUND.
+local function commit_one(rid, hold_until)
+  local rec = load_rec(rid)
+  if not rec then return 'NOT_FOUND', nil, 0, -1, 0 end
+  local available = tonumber(redis.call('HGET', SALE, 'available'))
+  if rec.s == 'HELD' then
+    rec.s = 'COMMITTED'
+    rec.e = hold_until
+    save_rec(rid, rec)
+    redis.call('ZREM', EXP, rid)
+    return 'OK', rec, available, -1, 0
+  end
+  if rec.s == 'COMMITTED' or rec.s == 'CONFIRMED' then
+    return 'UNCHANGED', rec, available, -1, 0
+  end
+  if rec.r == 'RESERVATION_EXPIRED' or rec.r == 'PUBLISH_FAILED' then
+    local limit = tonumber(redis.call('HGET', SALE, 'limit'))
+    local after, signal, seq = take_units(rec.u, rec.q, limit)
+    if after then
+      rec.s = 'COMMITTED'
+      rec.e = hold_until
+      rec.r = ''
+      save_rec(rid, rec)
+      return 'REVIVED', rec, after, signal, seq
+    end
+  end
+  return 'REFUSED', rec, available, -1, 0
+end

@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     Error, Inventory,
     model::{
-        DEFAULT_HOLD, Outcome, ReleaseReason, Reservation, ReservationState, ReserveRequest,
-        SaleSpec, StockLevel,
+        CommitOutcome, DEFAULT_HOLD, Outcome, ReleaseReason, Reservation, ReservationState,
+        ReserveRequest, SaleSpec, StockLevel,
     },
 };
 
@@ -80,15 +80,19 @@ pub fn reservation_pb(r: &Reservation) -> pb::Reservation {
         sale_id: r.sale_id.clone(),
         user_id: r.user_id.clone(),
         quantity: r.quantity,
-        state: match r.state {
-            ReservationState::Held => pb::ReservationState::Held,
-            ReservationState::Committed => pb::ReservationState::Committed,
-            ReservationState::Confirmed => pb::ReservationState::Confirmed,
-            ReservationState::Released => pb::ReservationState::Released,
-        } as i32,
+        state: state_pb(r.state) as i32,
         created_at: Some(timestamp(r.created_at_ms)),
         expires_at: r.expires_at_ms.map(timestamp),
         idempotency_key: r.idempotency_key.clone(),
+    }
+}
+
+fn state_pb(state: ReservationState) -> pb::ReservationState {
+    match state {
+        ReservationState::Held => pb::ReservationState::Held,
+        ReservationState::Committed => pb::ReservationState::Committed,
+        ReservationState::Confirmed => pb::ReservationState::Confirmed,
+        ReservationState::Released => pb::ReservationState::Released,
     }
 }
 
@@ -191,6 +195,45 @@ impl InventoryRpc for InventoryApi {
             .commit(&r.sale_id, &r.reservation_id, hold_until)
             .await?;
         Ok(Response::new(reservation_pb(&t.reservation)))
+    }
+
+    async fn commit_many(
+        &self,
+        request: Request<pb::CommitManyRequest>,
+    ) -> Result<Response<pb::CommitManyResponse>, Status> {
+        let r = request.into_inner();
+        let items = r
+            .items
+            .into_iter()
+            .map(|item| {
+                let hold_until = item
+                    .hold_until
+                    .as_ref()
+                    .and_then(unix_ms)
+                    .ok_or_else(|| Error::invalid("hold_until", "is required"))?;
+                Ok((item.reservation_id, hold_until))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let results = self.inventory.commit_many(&r.sale_id, &items).await?;
+        Ok(Response::new(pb::CommitManyResponse {
+            results: results
+                .into_iter()
+                .map(|result| pb::CommitResult {
+                    reservation_id: result.reservation_id,
+                    outcome: match result.outcome {
+                        CommitOutcome::Committed => pb::CommitOutcome::Committed,
+                        CommitOutcome::Unchanged => pb::CommitOutcome::Unchanged,
+                        CommitOutcome::Revived => pb::CommitOutcome::Revived,
+                        CommitOutcome::Refused => pb::CommitOutcome::Refused,
+                        CommitOutcome::NotFound => pb::CommitOutcome::NotFound,
+                    } as i32,
+                    state: result
+                        .state
+                        .map_or(pb::ReservationState::Unspecified, state_pb)
+                        as i32,
+                })
+                .collect(),
+        }))
     }
 
     async fn confirm(

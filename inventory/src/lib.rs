@@ -31,8 +31,8 @@ pub mod sweeper;
 pub use config::Config;
 pub use error::Error;
 pub use model::{
-    Audit, Outcome, ReleaseReason, Reservation, ReservationState, ReserveRequest, Reserved,
-    SaleSpec, StockLevel, Transition,
+    Audit, CommitOutcome, CommitResult, Outcome, ReleaseReason, Reservation, ReservationState,
+    ReserveRequest, Reserved, SaleSpec, StockLevel, Transition,
 };
 pub use signal::{Signals, SoldOutFlags};
 pub use store::Inventory;

@@ -315,3 +315,34 @@ impl Audit {
         Ok(())
     }
 }
+
+/// Most reservations one CommitMany call takes.
+pub const MAX_COMMIT_BATCH: usize = 1000;
+
+/// What committing one reservation did (see `Inventory::commit_many`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// HELD → COMMITTED.
+    Committed,
+    /// Already COMMITTED or CONFIRMED.
+    Unchanged,
+    /// Released on expiry (or a reported publish failure) and taken again.
+    Revived,
+    /// Released and could not be taken again.
+    Refused,
+    /// No such reservation.
+    NotFound,
+}
+
+/// The result for one item of a CommitMany.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitResult {
+    /// The reservation.
+    pub reservation_id: String,
+    /// What happened.
+    pub outcome: CommitOutcome,
+    /// Its state afterwards (`None` when not found).
+    pub state: Option<ReservationState>,
+    /// Why it was released, when it is RELEASED.
+    pub release_reason: Option<ReleaseReason>,
+}

@@ -12,8 +12,9 @@ use secrecy::ExposeSecret;
 use crate::{
     Error,
     model::{
-        Audit, Expired, Loaded, Outcome, ReleaseReason, Reservation, ReservationState,
-        ReserveRequest, Reserved, SaleSpec, StockLevel, Transition,
+        Audit, CommitOutcome, CommitResult, Expired, Loaded, MAX_COMMIT_BATCH, Outcome,
+        ReleaseReason, Reservation, ReservationState, ReserveRequest, Reserved, SaleSpec,
+        StockLevel, Transition,
     },
     signal::Signals,
 };
@@ -29,6 +30,7 @@ struct Scripts {
     load: Script,
     reserve: Script,
     commit: Script,
+    commit_many: Script,
     confirm: Script,
     release: Script,
     expire: Script,
@@ -41,6 +43,7 @@ impl Scripts {
             load: s(include_str!("../lua/load.lua")),
             reserve: s(include_str!("../lua/reserve.lua")),
             commit: s(include_str!("../lua/commit.lua")),
+            commit_many: s(include_str!("../lua/commit_many.lua")),
             confirm: s(include_str!("../lua/confirm.lua")),
             release: s(include_str!("../lua/release.lua")),
             expire: s(include_str!("../lua/expire.lua")),
@@ -242,6 +245,58 @@ impl Inventory {
         let reply = self.eval(&self.inner.scripts.commit, sale_id, args).await?;
         self.finish_transition("commit", sale_id, reservation_id, &reply)
             .await
+    }
+
+    /// [`Self::commit`] for up to [`MAX_COMMIT_BATCH`] reservations of one sale in one atomic
+    /// script call; each gets its own result.
+    pub async fn commit_many(
+        &self,
+        sale_id: &str,
+        items: &[(String, i64)],
+    ) -> Result<Vec<CommitResult>, Error> {
+        flashsale_proto::rules::sale_id(sale_id)?;
+        if items.is_empty() || items.len() > MAX_COMMIT_BATCH {
+            return Err(Error::invalid(
+                "items",
+                format!("must hold 1..={MAX_COMMIT_BATCH} reservations"),
+            ));
+        }
+        let mut args = Vec::with_capacity(items.len() * 2);
+        for (reservation_id, hold_until_ms) in items {
+            flashsale_proto::rules::text_id("reservation_id", reservation_id)?;
+            args.push(Value::from(reservation_id.as_str()));
+            args.push(Value::from(*hold_until_ms));
+        }
+        let reply = self
+            .eval(&self.inner.scripts.commit_many, sale_id, args)
+            .await?;
+        if text(&reply, 0)? == "NO_SALE" {
+            return Err(Error::SaleNotFound(sale_id.to_owned()));
+        }
+        self.signal(sale_id, int(&reply, 2)?, uint(&reply, 1)?, uint(&reply, 3)?)
+            .await;
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, (reservation_id, _))| {
+                let at = 4 + i * 3;
+                let status = text(&reply, at)?;
+                let outcome = match status.as_str() {
+                    "OK" => CommitOutcome::Committed,
+                    "UNCHANGED" => CommitOutcome::Unchanged,
+                    "REVIVED" => CommitOutcome::Revived,
+                    "REFUSED" => CommitOutcome::Refused,
+                    "NOT_FOUND" => CommitOutcome::NotFound,
+                    other => return Err(Error::Protocol(format!("commit_many: {other}"))),
+                };
+                Ok(CommitResult {
+                    reservation_id: reservation_id.clone(),
+                    outcome,
+                    state: ReservationState::parse(&text(&reply, at + 1)?),
+                    release_reason: ReleaseReason::parse(&text(&reply, at + 2)?),
+                })
+            })
+            .collect()
     }
 
     /// The reservation is paid: its units are sold. Refused once released.

@@ -48,6 +48,8 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Start the whole mesh locally on loopback and check every component answers health.
     Up(UpArgs),
+    /// Apply the Postgres schema migrations (idempotent).
+    Migrate,
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -75,13 +77,16 @@ pub(crate) enum Component {
     Orders,
     /// Rate-limit decisions: Envoy RLS v3 and flashsale.v1.Limiter.
     Limiter,
+    /// The JetStream → Postgres order writer (health only on its gRPC port).
+    OrderConsumer,
 }
 
 impl Component {
     /// Every component, in start-up order.
-    pub(crate) const ALL: [Component; 4] = [
+    pub(crate) const ALL: [Component; 5] = [
         Component::Inventory,
         Component::Orders,
+        Component::OrderConsumer,
         Component::Limiter,
         Component::Gateway,
     ];
@@ -93,6 +98,7 @@ impl Component {
             Component::Inventory => "inventory",
             Component::Orders => "orders",
             Component::Limiter => "limiter",
+            Component::OrderConsumer => "order-consumer",
         }
     }
 }

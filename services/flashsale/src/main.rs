@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args, config).await,
             Command::Up(args) => up::run(args, config).await,
+            Command::Migrate => serve::migrate(config).await,
             Command::Config(_) => Ok(()),
         }
     });

@@ -21,9 +21,93 @@ pub(crate) async fn build(
     Ok(match component {
         Component::Gateway => flashsale_gateway::grpc::server(&config.server),
         Component::Inventory => inventory(config, shutdown).await?,
-        Component::Orders => flashsale_orders::grpc::server(&config.server),
+        Component::Orders => orders(config, shutdown).await?,
+        Component::OrderConsumer => order_consumer(config, shutdown).await?,
         Component::Limiter => flashsale_limiter::grpc::server(&config.server),
     })
+}
+
+async fn pipeline(
+    config: &MeshConfig,
+    name: &str,
+) -> Result<(flashsale_orders::Pipeline, async_nats::Client)> {
+    use flashsale_orders::{OrderStore, Pipeline, events::StatusEvents, holds::InventoryHolds};
+    let nats = flashsale_runtime::nats::connect(&config.nats, name)
+        .await
+        .context("connecting to NATS")?;
+    let store = OrderStore::connect(&config.postgres)
+        .await
+        .context("connecting to Postgres")?;
+    let holds =
+        InventoryHolds::connect_lazy(&config.orders.inventory_url, config.server.request_timeout)?;
+    let events = StatusEvents::new(nats.clone(), config.orders.status_prefix.clone());
+    Ok((
+        Pipeline {
+            store,
+            holds,
+            events,
+        },
+        nats,
+    ))
+}
+
+async fn orders(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer> {
+    let (pipeline, _) = pipeline(config, "orders").await?;
+    tokio::spawn(flashsale_orders::lifecycle::run(
+        pipeline.clone(),
+        config.orders.lifecycle_interval,
+        config.orders.lifecycle_batch,
+        shutdown.child(),
+    ));
+    Ok(flashsale_orders::grpc::server(pipeline, &config.server))
+}
+
+async fn order_consumer(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer> {
+    let (pipeline, nats) = pipeline(config, "order-consumer").await?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let consumer =
+        flashsale_orders::consumer::Consumer::new(js.clone(), config.orders.clone(), pipeline);
+    let stop = shutdown.child();
+    tokio::spawn(async move {
+        if let Err(e) = consumer.run(stop).await {
+            tracing::error!(error = %e, "order consumer stopped");
+        }
+    });
+    let stream = config.orders.stream.clone();
+    let stop = shutdown.child();
+    tokio::spawn(async move {
+        // The advisory watcher needs the stream; the consumer creates it.
+        loop {
+            match flashsale_orders::stream::watch_max_deliveries(
+                js.clone(),
+                nats.clone(),
+                stream.clone(),
+                stop.clone(),
+            )
+            .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "max-deliveries watcher restarting");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        () = stop.wait() => break,
+                    }
+                }
+            }
+        }
+    });
+    // The consumer serves no API; its gRPC port answers health for the orchestrator.
+    Ok(GrpcServer::new("order-consumer", &config.server))
+}
+
+/// `flashsale migrate`.
+pub(crate) async fn migrate(config: MeshConfig) -> Result<()> {
+    let _telemetry = telemetry::init("migrate", &config.telemetry);
+    let store = flashsale_orders::OrderStore::connect(&config.postgres).await?;
+    store.migrate().await.context("applying migrations")?;
+    println!("migrations applied");
+    Ok(())
 }
 
 async fn inventory(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer> {
@@ -52,6 +136,7 @@ pub(crate) fn listen_addr(component: Component, config: &MeshConfig) -> SocketAd
         Component::Gateway => config.gateway.listen,
         Component::Inventory => config.inventory.listen,
         Component::Orders => config.orders.listen,
+        Component::OrderConsumer => config.orders.consumer_listen,
         Component::Limiter => config.limiter.listen,
     }
 }

@@ -477,6 +477,33 @@ impl Validate for PostgresConfig {
     }
 }
 
+/// Serde for a list of human-readable durations (`["1s", "5s"]`).
+pub mod durations {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Writes each duration as text.
+    pub fn serialize<S: Serializer>(values: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
+        values
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect::<Vec<_>>()
+            .serialize(serializer)
+    }
+
+    /// Reads a list of `humantime` durations.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Duration>, D::Error> {
+        let values = Vec::<humantime_serde::Serde<Duration>>::deserialize(deserializer)?;
+        Ok(values
+            .into_iter()
+            .map(humantime_serde::Serde::into_inner)
+            .collect())
+    }
+}
+
 /// Writes a secret as `"<redacted>"` so printed configs never leak it.
 pub fn serialize_redacted<S: serde::Serializer>(
     _secret: &SecretString,

@@ -8,6 +8,7 @@
 //! - [`server`]: a gRPC server with `grpc.health.v1` and reflection, serving on a listener the
 //!   caller bound and draining on a shutdown future.
 //! - [`shutdown`]: SIGTERM/SIGINT handling (first drains, second exits) and bounded draining.
+//! - [`trace`]: W3C trace context in NATS message headers.
 //! - [`status`]: the one mapping from a crate's error to a `tonic::Status` with a reason.
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::{ConfigError, Invalid, Loader, Validate};
 pub use server::{GrpcServer, ServeError};

@@ -74,7 +74,19 @@ fn run_as() -> Result<Option<User>> {
 
 impl PostgresServer {
     /// Creates a cluster with `initdb` and starts it; waits until it accepts connections.
+    /// Commits are not flushed to disk (`fsync=off`): fast, and a killed server process still
+    /// loses nothing committed.
     pub async fn start() -> Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// Like [`Self::start`], but every commit waits for its WAL flush, as in production: for
+    /// benchmarks that compare commit counts.
+    pub async fn start_durable() -> Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(durable: bool) -> Result<Self> {
         let bin = bin_dir()?;
         let user = run_as()?;
         let dir = tempfile::Builder::new().prefix("flashsale-pg-").tempdir()?;
@@ -118,7 +130,7 @@ impl PostgresServer {
         let mut last = None;
         for _ in 0..3 {
             let port = crate::free_port()?;
-            let args: Vec<std::ffi::OsString> = vec![
+            let mut args: Vec<std::ffi::OsString> = vec![
                 "-D".into(),
                 data.clone().into(),
                 "-p".into(),
@@ -127,15 +139,19 @@ impl PostgresServer {
                 dir.path().into(),
                 "-c".into(),
                 format!("listen_addresses={LOOPBACK}").into(),
-                // Throwaway clusters trade durability against an OS crash for speed; a killed
-                // server process still loses nothing that was committed.
-                "-c".into(),
-                "fsync=off".into(),
-                "-c".into(),
-                "full_page_writes=off".into(),
                 "-c".into(),
                 "max_connections=200".into(),
             ];
+            if !durable {
+                // Throwaway clusters trade durability against an OS crash for speed; a killed
+                // server process still loses nothing that was committed.
+                // (synchronous_commit stays on: with it off, a killed server loses the last
+                // commits it acknowledged.)
+                for setting in ["fsync=off", "full_page_writes=off"] {
+                    args.push("-c".into());
+                    args.push(setting.into());
+                }
+            }
             let spec = Spec {
                 program: bin.join("postgres"),
                 args,
@@ -171,9 +187,12 @@ impl PostgresServer {
     pub async fn create_database(&self) -> Result<TestDatabase> {
         let name = crate::unique_name("test");
         let mut conn = self.connect("postgres").await?;
-        conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
-            .await
-            .with_context(|| format!("creating database {name}"))?;
+        // The name is ours (letters, digits, underscores), so formatting it in is safe.
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{name}\""
+        ))))
+        .await
+        .with_context(|| format!("creating database {name}"))?;
         let _ = conn.close().await;
         Ok(TestDatabase {
             url: self.url(&name),

@@ -120,7 +120,22 @@ impl Process {
     pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
         let pid = self.pid().context("not running")?;
         signal_tree(pid as i32, signal)
-            .with_context(|| format!("sending {signal} to {}", self.name))
+            .with_context(|| format!("sending {signal} to {}", self.name))?;
+        if signal == Signal::SIGSTOP {
+            // Delivery is asynchronous: return only once the server really is stopped.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while process_state(pid as i32) != Some('T') {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{} (pid {pid}) did not stop: state {:?}",
+                    self.name,
+                    process_state(pid as i32)
+                );
+                let _ = signal_tree(pid as i32, signal);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        Ok(())
     }
 
     /// SIGKILLs the server and everything it forked, and reaps it. Idempotent.
@@ -141,19 +156,29 @@ impl Process {
     }
 }
 
-/// Signals `root`, then its process group, then every descendant found in `/proc`, parents
-/// before children (so a stopped parent forks no new children).
+/// Signals `root`, its process group, and every descendant found in `/proc`. The tree is
+/// collected before anything is signalled: a killed parent's children are re-parented at once
+/// and could no longer be found. Parents go first, so a stopped parent forks nothing new.
 fn signal_tree(root: i32, signal: Signal) -> nix::Result<()> {
+    let mut tree = vec![root];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        tree.extend(children_of(parent));
+        next += 1;
+    }
     let result = nix::sys::signal::kill(Pid::from_raw(root), signal);
     let _ = killpg(Pid::from_raw(root), signal);
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for child in children_of(parent) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(child), signal);
-            frontier.push(child);
-        }
+    for pid in &tree[1..] {
+        let _ = nix::sys::signal::kill(Pid::from_raw(*pid), signal);
     }
     result
+}
+
+/// The state letter of a process (`R`, `S`, `T` stopped, ...), from `/proc/<pid>/stat`.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
 }
 
 /// The pids whose parent is `parent`, from `/proc/*/stat`.

@@ -1,6 +1,7 @@
 //! Tests of the real `flashsale` binary.
 
 mod config;
+mod migrate;
 mod serve;
 
 use std::{

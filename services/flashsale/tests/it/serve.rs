@@ -141,3 +141,14 @@ async fn limiter_serves_health_and_reflection() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn order_consumer_serves_health() {
+    let nats = flashsale_testkit::NatsServer::start().await.unwrap();
+    check_target(
+        "order-consumer",
+        &[],
+        &[("FLASHSALE_NATS__URL", nats.url())],
+    )
+    .await;
+}

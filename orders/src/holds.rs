@@ -1,0 +1,149 @@
+//! Telling the inventory what happened to an order: commit its hold, confirm it, or release it.
+//! Calls go to the Inventory gRPC service; each is idempotent there, so retries are safe.
+
+use std::time::Duration;
+
+use flashsale_proto::{
+    time::timestamp,
+    v1::{self as pb, inventory_client::InventoryClient},
+};
+use flashsale_runtime::status::reason_of;
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    Error,
+    convert::ms,
+    entity::orders::{self, InventoryAction, Status},
+};
+
+/// What the inventory said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// Done (or had been done).
+    Done,
+    /// Refused for good, with the inventory's reason (e.g. `RESERVATION_EXPIRED`).
+    Refused(String),
+}
+
+/// A client of the Inventory service.
+#[derive(Debug, Clone)]
+pub struct InventoryHolds {
+    client: InventoryClient<Channel>,
+}
+
+impl InventoryHolds {
+    /// A client of the inventory at `url`; connects on first use and reconnects as needed.
+    pub fn connect_lazy(url: &str, timeout: Duration) -> Result<Self, Error> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Error::invalid("inventory_url", e.to_string()))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_lazy();
+        Ok(Self {
+            client: InventoryClient::new(channel),
+        })
+    }
+
+    /// Commits the holds of many orders of one sale in one call (at most
+    /// `flashsale_inventory::model::MAX_COMMIT_BATCH`); one outcome per order, in order.
+    pub async fn commit_many(
+        &self,
+        sale_id: &str,
+        orders: &[orders::Model],
+    ) -> Result<Vec<HoldOutcome>, Error> {
+        let request = pb::CommitManyRequest {
+            sale_id: sale_id.to_owned(),
+            items: orders
+                .iter()
+                .map(|o| pb::CommitItem {
+                    reservation_id: o.order_id.clone(),
+                    hold_until: Some(timestamp(ms(o.pay_deadline))),
+                })
+                .collect(),
+        };
+        let response = match self.client.clone().commit_many(request).await {
+            Ok(response) => response.into_inner(),
+            // The sale itself is gone from Redis (restarted empty): reconciliation's job.
+            Err(status) if status.code() == Code::NotFound => {
+                tracing::warn!(
+                    sale_id,
+                    "inventory does not know the sale; leaving it to reconciliation"
+                );
+                return Ok(vec![HoldOutcome::Done; orders.len()]);
+            }
+            Err(status) => return Err(Error::Inventory(status)),
+        };
+        if response.results.len() != orders.len() {
+            return Err(Error::Inventory(tonic::Status::internal(
+                "CommitMany answered a different count",
+            )));
+        }
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| match pb::CommitOutcome::try_from(r.outcome) {
+                Ok(pb::CommitOutcome::Refused) => {
+                    HoldOutcome::Refused("RESERVATION_RELEASED".into())
+                }
+                _ => HoldOutcome::Done,
+            })
+            .collect())
+    }
+
+    /// Carries out the order's pending inventory action, if any.
+    pub async fn apply(&self, order: &orders::Model) -> Result<Option<HoldOutcome>, Error> {
+        let Some(action) = order.inventory_pending else {
+            return Ok(None);
+        };
+        let mut client = self.client.clone();
+        let sale_id = order.sale_id.clone();
+        let reservation_id = order.order_id.clone();
+        let result = match action {
+            InventoryAction::Commit => client
+                .commit(pb::CommitRequest {
+                    sale_id,
+                    reservation_id,
+                    hold_until: Some(timestamp(ms(order.pay_deadline))),
+                })
+                .await
+                .map(drop),
+            InventoryAction::Confirm => client
+                .confirm(pb::ConfirmRequest {
+                    sale_id,
+                    reservation_id,
+                })
+                .await
+                .map(drop),
+            InventoryAction::Release => client
+                .release(pb::ReleaseRequest {
+                    sale_id,
+                    reservation_id,
+                    reason: match order.status {
+                        Status::Cancelled => pb::ReleaseReason::Cancelled,
+                        _ => pb::ReleaseReason::PaymentExpired,
+                    } as i32,
+                })
+                .await
+                .map(drop),
+        };
+        match result {
+            Ok(()) => Ok(Some(HoldOutcome::Done)),
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                Ok(Some(HoldOutcome::Refused(
+                    reason_of(&status).unwrap_or_else(|| status.message().to_owned()),
+                )))
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                // Redis no longer knows the reservation (it restarted empty): reconciliation
+                // rebuilds the counters from this table, so there is nothing left to tell.
+                tracing::warn!(
+                    order_id = %order.order_id,
+                    ?action,
+                    "inventory does not know the reservation; leaving it to reconciliation"
+                );
+                Ok(Some(HoldOutcome::Done))
+            }
+            Err(status) => Err(Error::Inventory(status)),
+        }
+    }
+}
