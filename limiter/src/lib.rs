@@ -1,12 +1,34 @@
 //! Limiter: rate-limit decisions for everything behind it.
 //!
-//! It owns the limit rules, local in-memory GCRA buckets and global counters in Redis, and
-//! serves them three ways: the Envoy RLS v3 API, a tower layer, and a sidecar proxy.
+//! One core, [`Limiter`], judges a request's descriptors against rules in Envoy ratelimit's
+//! YAML shape ([`rules`]): local limits with GCRA in memory ([`local`], the `governor` crate),
+//! global limits in Redis with a fixed or sliding window ([`global`], one Lua script per
+//! request). A request is judged as a whole: when any descriptor is over its limit, no
+//! descriptor is charged. When Redis fails or is slower than its timeout (tens of
+//! milliseconds), the configured failure mode answers: allow, deny, or a local share of the
+//! limit.
 //!
-//! - [`config`]: the `[limiter]` configuration section.
-//! - [`grpc`]: the RLS and `flashsale.v1.Limiter` gRPC server.
+//! Three faces over that core:
+//! - [`rls`]: Envoy's RLS v3 `ShouldRateLimit` (plus `flashsale.v1.Limiter` to list and reload
+//!   rules), for Envoy and Istio;
+//! - [`layer`]: a tower layer any tonic server adds, answering `RESOURCE_EXHAUSTED` with
+//!   `retry-after`;
+//! - [`sidecar`]: a gRPC proxy that applies the layer in front of a service in the same pod.
+//!
+//! [`stats`] counts decisions per rule; [`config`] is the `[limiter]` section.
 
 pub mod config;
-pub mod grpc;
+mod error;
+pub mod global;
+pub mod layer;
+pub mod limiter;
+pub mod local;
+pub mod rls;
+pub mod rules;
+pub mod sidecar;
+pub mod stats;
 
 pub use config::Config;
+pub use error::Error;
+pub use limiter::{Code, Decision, Descriptor, Limiter, Request};
+pub use rules::RuleSet;

@@ -64,6 +64,11 @@ pub(crate) struct ServeArgs {
     /// Listen on this address instead of the configured `<component>.listen`.
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<SocketAddr>,
+
+    /// limiter-sidecar only: the service to forward to, e.g. 127.0.0.1:50051 (instead of the
+    /// configured `limiter.sidecar.upstream`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) upstream: Option<String>,
 }
 
 /// The components `serve` can run.
@@ -79,16 +84,19 @@ pub(crate) enum Component {
     Limiter,
     /// The JetStream → Postgres order writer (health only on its gRPC port).
     OrderConsumer,
+    /// A gRPC proxy that applies rate limits in front of a service in the same pod.
+    LimiterSidecar,
 }
 
 impl Component {
     /// Every component, in start-up order.
-    pub(crate) const ALL: [Component; 5] = [
+    pub(crate) const ALL: [Component; 6] = [
         Component::Inventory,
         Component::Orders,
         Component::OrderConsumer,
         Component::Limiter,
         Component::Gateway,
+        Component::LimiterSidecar,
     ];
 
     /// The name used in logs and on the command line.
@@ -99,6 +107,7 @@ impl Component {
             Component::Orders => "orders",
             Component::Limiter => "limiter",
             Component::OrderConsumer => "order-consumer",
+            Component::LimiterSidecar => "limiter-sidecar",
         }
     }
 }

@@ -23,8 +23,50 @@ pub(crate) async fn build(
         Component::Inventory => inventory(config, shutdown).await?,
         Component::Orders => orders(config, shutdown).await?,
         Component::OrderConsumer => order_consumer(config, shutdown).await?,
-        Component::Limiter => flashsale_limiter::grpc::server(&config.server),
+        Component::Limiter => {
+            let limiter = limiter(config, shutdown).await?;
+            flashsale_limiter::rls::server(limiter, config.limiter.response_headers, &config.server)
+        }
+        Component::LimiterSidecar => {
+            anyhow::bail!("the sidecar is a proxy, not a gRPC server: use run_sidecar")
+        }
     })
+}
+
+/// The limiter core with its rules watcher.
+async fn limiter(config: &MeshConfig, shutdown: &Shutdown) -> Result<flashsale_limiter::Limiter> {
+    let limiter = flashsale_limiter::Limiter::new(&config.limiter, Some(&config.redis))
+        .await
+        .context("starting the limiter")?;
+    tokio::spawn(limiter.clone().watch(shutdown.child()));
+    Ok(limiter)
+}
+
+/// Runs the sidecar proxy on `listener` until `shutdown`.
+pub(crate) async fn run_sidecar(
+    config: &MeshConfig,
+    upstream: Option<String>,
+    listener: TcpListener,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let limiter = limiter(config, shutdown).await?;
+    let mut sidecar = config.limiter.sidecar.clone();
+    if let Some(upstream) = upstream {
+        sidecar.upstream = if upstream.contains("://") {
+            upstream
+        } else {
+            format!("http://{upstream}")
+        };
+    }
+    flashsale_limiter::sidecar::serve(
+        limiter,
+        sidecar,
+        listener,
+        shutdown.wait(),
+        config.server.shutdown_grace,
+    )
+    .await?;
+    Ok(())
 }
 
 async fn pipeline(
@@ -138,6 +180,7 @@ pub(crate) fn listen_addr(component: Component, config: &MeshConfig) -> SocketAd
         Component::Orders => config.orders.listen,
         Component::OrderConsumer => config.orders.consumer_listen,
         Component::Limiter => config.limiter.listen,
+        Component::LimiterSidecar => config.limiter.sidecar.listen,
     }
 }
 
@@ -150,6 +193,9 @@ pub(crate) async fn run(args: ServeArgs, config: MeshConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
+    if args.component == Component::LimiterSidecar {
+        return run_sidecar(&config, args.upstream, listener, &shutdown).await;
+    }
     let server = build(args.component, &config, &shutdown).await?;
     let (_, served) = drain(
         server.serve(listener, shutdown.wait()),

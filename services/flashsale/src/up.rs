@@ -12,7 +12,7 @@ use tonic_health::pb::{
 use crate::{
     cli::{Component, UpArgs},
     config::MeshConfig,
-    serve::{build, listen_addr},
+    serve::{build, listen_addr, run_sidecar},
 };
 
 pub(crate) async fn run(args: UpArgs, config: MeshConfig) -> Result<()> {
@@ -27,9 +27,23 @@ pub(crate) async fn run(args: UpArgs, config: MeshConfig) -> Result<()> {
             .await
             .with_context(|| format!("{}: cannot listen on {addr}", component.name()))?;
         let addr = listener.local_addr()?;
+        if component == Component::LimiterSidecar {
+            let (config, shutdown) = (config.clone(), shutdown.clone());
+            servers.push(tokio::spawn(async move {
+                run_sidecar(&config, None, listener, &shutdown).await
+            }));
+            endpoints.push((component, addr, vec!["(proxy to the gateway)"]));
+            continue;
+        }
         let server = build(component, &config, &shutdown).await?;
         let names: Vec<&'static str> = server.service_names().to_vec();
-        servers.push(tokio::spawn(server.serve(listener, shutdown.wait())));
+        let stop = shutdown.wait();
+        servers.push(tokio::spawn(async move {
+            server
+                .serve(listener, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        }));
         endpoints.push((component, addr, names));
     }
 

@@ -131,13 +131,14 @@ async fn orders_serves_health_and_reflection() {
 
 #[tokio::test]
 async fn limiter_serves_health_and_reflection() {
+    let redis = flashsale_testkit::RedisServer::start().await.unwrap();
     check_target(
         "limiter",
         &[
             "envoy.service.ratelimit.v3.RateLimitService",
             "flashsale.v1.Limiter",
         ],
-        &[],
+        &[("FLASHSALE_REDIS__URL", redis.url())],
     )
     .await;
 }
@@ -151,4 +152,49 @@ async fn order_consumer_serves_health() {
         &[("FLASHSALE_NATS__URL", nats.url())],
     )
     .await;
+}
+
+/// The sidecar forwards everything, health included, to the service behind it.
+#[tokio::test]
+async fn limiter_sidecar_forwards_health_to_its_upstream() {
+    let redis = flashsale_testkit::RedisServer::start().await.unwrap();
+    let gateway_addr = format!("127.0.0.1:{}", flashsale_testkit::free_port().unwrap());
+    let _gateway =
+        Running::spawn(flashsale().args(["serve", "gateway", "--listen", &gateway_addr]));
+    connect(&gateway_addr).await;
+    let sidecar_addr = format!("127.0.0.1:{}", flashsale_testkit::free_port().unwrap());
+    let mut sidecar = Running::spawn(flashsale().env("FLASHSALE_REDIS__URL", redis.url()).args([
+        "serve",
+        "limiter-sidecar",
+        "--listen",
+        &sidecar_addr,
+        "--upstream",
+        &gateway_addr,
+    ]));
+    let channel = connect(&sidecar_addr).await;
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(HealthCheckRequest {
+            service: "flashsale.v1.FlashSale".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        ServingStatus::Serving as i32,
+        "the gateway's own answer, through the proxy"
+    );
+    let listed = list_services(channel).await;
+    assert!(
+        listed.contains(&"flashsale.v1.SaleAdmin".to_owned()),
+        "{listed:?}"
+    );
+    sidecar.terminate();
+    let status = tokio::task::spawn_blocking(move || sidecar.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the sidecar drains");
+    assert!(status.success());
 }
