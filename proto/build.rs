@@ -33,9 +33,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(env::var_os("CARGO_FEATURE_CLIENT").is_some())
         .build_server(env::var_os("CARGO_FEATURE_SERVER").is_some())
-        // Unimplemented methods answer UNIMPLEMENTED instead of failing to compile, so a
-        // server can be brought up before all of its methods exist.
-        .generate_default_stubs(true)
         .emit_rerun_if_changed(false)
         .include_file("mod.rs")
         .file_descriptor_set_path(out.join("flashsale_descriptor.bin"))

@@ -51,6 +51,18 @@ pub enum Error {
         /// Stock asked for.
         requested: u64,
     },
+    /// A rebuild would hold or sell more units than the sale has.
+    #[error(
+        "sale {sale_id}: the orders hold {units} units but the stock is {stock}; nothing changed"
+    )]
+    Oversold {
+        /// The sale.
+        sale_id: String,
+        /// Units the orders hold or sold.
+        units: u64,
+        /// The sale's stock.
+        stock: u64,
+    },
     /// Redis failed or is unreachable.
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
@@ -89,7 +101,9 @@ impl IntoStatus for Error {
         match self {
             Self::InvalidId(_) | Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::SaleNotFound(_) | Self::ReservationNotFound { .. } => Code::NotFound,
-            Self::Refused { .. } | Self::StockFixed { .. } => Code::FailedPrecondition,
+            Self::Refused { .. } | Self::StockFixed { .. } | Self::Oversold { .. } => {
+                Code::FailedPrecondition
+            }
             Self::Timeout(_) => Code::Unavailable,
             Self::Redis(e) => match e.kind() {
                 ErrorKind::IO
@@ -119,6 +133,7 @@ impl IntoStatus for Error {
                 ReservationState::Held | ReservationState::Committed => "RESERVATION_ACTIVE",
             },
             Self::StockFixed { .. } => "SALE_STOCK_FIXED",
+            Self::Oversold { .. } => "OVERSOLD",
             Self::Redis(_) | Self::Timeout(_) => match self.code() {
                 Code::Unavailable => "REDIS_UNAVAILABLE",
                 _ => "REDIS_ERROR",

@@ -261,6 +261,46 @@ impl InventoryRpc for InventoryApi {
         Ok(Response::new(reservation_pb(&t.reservation)))
     }
 
+    async fn rebuild(
+        &self,
+        request: Request<pb::RebuildRequest>,
+    ) -> Result<Response<pb::StockLevel>, Status> {
+        let request = request.into_inner();
+        let sale = request
+            .sale
+            .ok_or_else(|| Error::invalid("sale", "is required"))?;
+        let spec = sale_spec(&sale)?;
+        let reservations = request
+            .reservations
+            .into_iter()
+            .map(|r| {
+                let state = match pb::ReservationState::try_from(r.state) {
+                    Ok(pb::ReservationState::Committed) => ReservationState::Committed,
+                    Ok(pb::ReservationState::Confirmed) => ReservationState::Confirmed,
+                    _ => {
+                        return Err(Error::invalid(
+                            "reservations",
+                            "only COMMITTED and CONFIRMED are rebuilt",
+                        ));
+                    }
+                };
+                Ok(Reservation {
+                    reservation_id: r.reservation_id,
+                    sale_id: spec.sale_id.clone(),
+                    user_id: r.user_id,
+                    quantity: r.quantity,
+                    state,
+                    created_at_ms: r.created_at.as_ref().and_then(unix_ms).unwrap_or(0),
+                    expires_at_ms: r.expires_at.as_ref().and_then(unix_ms),
+                    idempotency_key: r.idempotency_key,
+                    release_reason: None,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let stock = self.inventory.rebuild(&spec, &reservations).await?;
+        Ok(Response::new(stock_pb(&spec.sale_id, &stock)))
+    }
+
     async fn get_stock(
         &self,
         request: Request<pb::GetStockRequest>,

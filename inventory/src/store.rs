@@ -34,6 +34,7 @@ struct Scripts {
     confirm: Script,
     release: Script,
     expire: Script,
+    rebuild: Script,
 }
 
 impl Scripts {
@@ -47,6 +48,7 @@ impl Scripts {
             confirm: s(include_str!("../lua/confirm.lua")),
             release: s(include_str!("../lua/release.lua")),
             expire: s(include_str!("../lua/expire.lua")),
+            rebuild: s(include_str!("../lua/rebuild.lua")),
         }
     }
 }
@@ -423,6 +425,76 @@ impl Inventory {
         self.signal(sale_id, int(&reply, 2)?, available, uint(&reply, 3)?)
             .await;
         Ok(expired)
+    }
+
+    /// Replaces the sale's state with `reservations` (COMMITTED or CONFIRMED, from Postgres),
+    /// keeping HELD reservations Redis has that are not among them. Refused, changing nothing,
+    /// if the units would exceed the stock.
+    pub async fn rebuild(
+        &self,
+        spec: &SaleSpec,
+        reservations: &[Reservation],
+    ) -> Result<StockLevel, Error> {
+        spec.validate()?;
+        let mut args = vec![
+            Value::from(spec.stock as i64),
+            Value::from(i64::from(spec.per_user_limit)),
+            Value::from(spec.starts_at_ms),
+            Value::from(spec.ends_at_ms),
+            Value::from(spec.reservation_hold.as_millis() as i64),
+        ];
+        for r in reservations {
+            check_ids(&spec.sale_id, &r.reservation_id)?;
+            flashsale_proto::rules::text_id("user_id", &r.user_id)?;
+            if !matches!(
+                r.state,
+                ReservationState::Committed | ReservationState::Confirmed
+            ) {
+                return Err(Error::invalid(
+                    "reservations",
+                    format!(
+                        "{} is {}; only COMMITTED and CONFIRMED are rebuilt",
+                        r.reservation_id,
+                        r.state.as_str()
+                    ),
+                ));
+            }
+            args.extend([
+                Value::from(r.reservation_id.as_str()),
+                Value::from(r.user_id.as_str()),
+                Value::from(i64::from(r.quantity)),
+                Value::from(r.state.as_str()),
+                Value::from(r.created_at_ms),
+                Value::from(r.expires_at_ms.unwrap_or(0)),
+                Value::from(r.idempotency_key.as_str()),
+            ]);
+        }
+        let reply = self
+            .eval(&self.inner.scripts.rebuild, &spec.sale_id, args)
+            .await?;
+        let stock = StockLevel {
+            total: uint(&reply, 1)?,
+            available: uint(&reply, 2)?,
+            held: uint(&reply, 3)?,
+            sold: uint(&reply, 4)?,
+        };
+        match text(&reply, 0)?.as_str() {
+            "OK" => {
+                self.command(
+                    self.inner
+                        .redis
+                        .sadd::<i64, _, _>(SALES_KEY, spec.sale_id.as_str()),
+                )
+                .await?;
+                Ok(stock)
+            }
+            "OVERSOLD" => Err(Error::Oversold {
+                sale_id: spec.sale_id.clone(),
+                units: stock.held + stock.sold,
+                stock: stock.total,
+            }),
+            other => Err(Error::Protocol(format!("rebuild: {other}"))),
+        }
     }
 
     /// Every sale loaded and not yet finished (see [`Self::forget_finished`]).

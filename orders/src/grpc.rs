@@ -224,10 +224,12 @@ impl Orders for OrdersApi {
         Ok(Response::new(order_pb(&order)))
     }
 
+    type WatchOrderStream = OrderStream;
+
     async fn watch_order(
         &self,
         request: Request<pb::WatchOrderRequest>,
-    ) -> Result<Response<OrderStream>, Status> {
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let stream = watch(&self.pipeline, request.into_inner().order_id).await?;
         Ok(Response::new(stream))
     }

@@ -86,6 +86,45 @@ impl OrderStore {
         })
     }
 
+    /// Creates the configured database if it does not exist (for `flashsale up` on a fresh
+    /// Postgres); connects to the server's `postgres` database to do it.
+    pub async fn create_database_if_missing(
+        config: &flashsale_runtime::config::PostgresConfig,
+    ) -> Result<bool, Error> {
+        let url = config.url.expose_secret();
+        let (server, name) = url
+            .rsplit_once('/')
+            .filter(|(_, name)| !name.is_empty() && !name.contains('?'))
+            .ok_or_else(|| Error::invalid("postgres.url", "must name a database"))?;
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::invalid(
+                "postgres.url",
+                "the database name must be letters, digits or _",
+            ));
+        }
+        let mut options = ConnectOptions::new(format!("{server}/postgres"));
+        options
+            .max_connections(1)
+            .connect_timeout(config.connect_timeout)
+            .sqlx_logging(false);
+        let admin = Database::connect(options).await?;
+        let exists = admin
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                [name.into()],
+            ))
+            .await?
+            .is_some();
+        if !exists {
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await?;
+        }
+        let _ = admin.close().await;
+        Ok(!exists)
+    }
+
     /// A store over an existing connection.
     pub fn new(db: DatabaseConnection) -> Self {
         Self { db }
@@ -443,6 +482,16 @@ impl OrderStore {
             .exec(&self.db)
             .await?;
         Ok(())
+    }
+
+    /// Every order of a sale that holds or sold units (PENDING_PAYMENT or PAID), for
+    /// reconciliation.
+    pub async fn live_orders(&self, sale_id: &str) -> Result<Vec<orders::Model>, Error> {
+        Ok(orders::Entity::find()
+            .filter(orders::Column::SaleId.eq(sale_id))
+            .filter(orders::Column::Status.is_in([Status::PendingPayment, Status::Paid]))
+            .all(&self.db)
+            .await?)
     }
 
     /// Orders and units of one sale by status.

@@ -50,6 +50,12 @@ pub(crate) enum Command {
     Up(UpArgs),
     /// Apply the Postgres schema migrations (idempotent).
     Migrate,
+    /// Mint a development token (HS256 with the configured secret) for a buyer or an operator.
+    Token(TokenArgs),
+    /// Operate sales on a running gateway (needs an admin token; minted from the configured
+    /// secret when none is given).
+    #[command(subcommand)]
+    Sale(SaleCommand),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -114,9 +120,124 @@ impl Component {
 
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
-    /// Stop once every component answered health, instead of running until Ctrl-C.
+    /// Stop after the demo sale, instead of running until Ctrl-C.
     #[arg(long)]
     pub(crate) exit: bool,
+
+    /// Start the mesh without running the demo sale.
+    #[arg(long)]
+    pub(crate) no_demo: bool,
+
+    /// Units in the demo sale.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) stock: u64,
+
+    /// Purchase attempts in the demo sale.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) attempts: u32,
+
+    /// Distinct buyers in the demo sale.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) users: u32,
+
+    /// Where Redis, NATS and Postgres keep their files when `up` has to start them.
+    #[arg(long, default_value = ".flashsale", value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    /// The user id (the token's subject).
+    #[arg(long)]
+    pub(crate) user: String,
+
+    /// Grant operator rights (SaleAdmin).
+    #[arg(long)]
+    pub(crate) admin: bool,
+
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub(crate) ttl: std::time::Duration,
+}
+
+/// Where the gateway is and who is asking.
+#[derive(Debug, Args)]
+pub(crate) struct GatewayArgs {
+    /// The gateway (or its sidecar), e.g. http://127.0.0.1:50051; default: `gateway.listen`.
+    #[arg(long, global = true, value_name = "URL")]
+    pub(crate) gateway: Option<String>,
+
+    /// An admin token; default: one minted from the configured HS256 secret.
+    #[arg(long, global = true, env = "FLASHSALE_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SaleCommand {
+    /// Create a sale.
+    Create {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// The sale id; default: assigned.
+        #[arg(long)]
+        id: Option<String>,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Units for sale.
+        #[arg(long)]
+        stock: u64,
+        /// Most units per buyer.
+        #[arg(long, default_value_t = 1)]
+        limit: u32,
+        /// Price of one unit in minor units (e.g. fen).
+        #[arg(long, default_value_t = 9_900)]
+        price: i64,
+        /// ISO 4217 currency.
+        #[arg(long, default_value = "CNY")]
+        currency: String,
+        /// When buying opens, from now.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        starts_in: std::time::Duration,
+        /// How long buying stays open.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Reservation hold before the order must be persisted.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        hold: std::time::Duration,
+        /// Time to pay once ordered.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        payment_window: std::time::Duration,
+    },
+    /// List sales.
+    List {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Stock and counts of a sale.
+    Stats {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// The sale.
+        sale_id: String,
+    },
+    /// End a sale now.
+    End {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// The sale.
+        sale_id: String,
+    },
+    /// Compare Redis with Postgres and the stream; `--repair` rebuilds Redis from Postgres.
+    Reconcile {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// The sale.
+        sale_id: String,
+        /// Rebuild Redis from Postgres.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

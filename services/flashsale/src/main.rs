@@ -3,8 +3,10 @@
 //! `main` parses the command line, loads and validates the configuration, starts telemetry and
 //! hands over to the command. Configuration errors print one line naming the key and exit 2.
 
+mod admin;
 mod cli;
 mod config;
+mod local;
 mod serve;
 mod up;
 
@@ -51,6 +53,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args, config).await,
             Command::Up(args) => up::run(args, config).await,
             Command::Migrate => serve::migrate(config).await,
+            Command::Token(args) => admin::token(&args, &config),
+            Command::Sale(command) => admin::sale(command, &config).await,
             Command::Config(_) => Ok(()),
         }
     });

@@ -19,7 +19,7 @@ pub(crate) async fn build(
     shutdown: &Shutdown,
 ) -> Result<GrpcServer> {
     Ok(match component {
-        Component::Gateway => flashsale_gateway::grpc::server(&config.server),
+        Component::Gateway => gateway(config, shutdown).await?,
         Component::Inventory => inventory(config, shutdown).await?,
         Component::Orders => orders(config, shutdown).await?,
         Component::OrderConsumer => order_consumer(config, shutdown).await?,
@@ -130,7 +130,7 @@ async fn order_consumer(config: &MeshConfig, shutdown: &Shutdown) -> Result<Grpc
             {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "max-deliveries watcher restarting");
+                    tracing::debug!(error = %e, "max-deliveries watcher waiting for the stream");
                     tokio::select! {
                         () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                         () = stop.wait() => break,
@@ -150,6 +150,50 @@ pub(crate) async fn migrate(config: MeshConfig) -> Result<()> {
     store.migrate().await.context("applying migrations")?;
     println!("migrations applied");
     Ok(())
+}
+
+async fn gateway(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer> {
+    use flashsale_gateway::{Backends, Gateway, auth::Verifier};
+    let verifier = Verifier::new(&config.gateway.auth)?;
+    let nats = flashsale_runtime::nats::connect(&config.nats, "gateway")
+        .await
+        .context("connecting to NATS")?;
+    let store = flashsale_orders::OrderStore::connect(&config.postgres).await?;
+    // The order stream must exist before the first purchase is published; set it up (the
+    // consumer does the same, idempotently) and keep trying while NATS is away.
+    let (js, stream, stop) = (
+        async_nats::jetstream::new(nats.clone()),
+        config.orders.stream.clone(),
+        shutdown.child(),
+    );
+    tokio::spawn(async move {
+        let mut pause = std::time::Duration::from_millis(200);
+        while !stop.is_triggered() {
+            match flashsale_orders::stream::ensure(&js, &stream).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "setting up the order stream failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    });
+    let gateway = Gateway::new(
+        config.gateway.clone(),
+        Backends {
+            nats,
+            store,
+            stream: config.orders.stream.clone(),
+        },
+        config.server.request_timeout,
+    )
+    .await?;
+    Ok(flashsale_gateway::grpc::server(
+        gateway,
+        verifier,
+        &config.server,
+    ))
 }
 
 async fn inventory(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer> {

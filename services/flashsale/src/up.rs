@@ -1,10 +1,23 @@
-//! `flashsale up`: the whole mesh on loopback in one process.
+//! `flashsale up`: the whole mesh on loopback in one process, with a demo flash sale.
+//!
+//! Redis, NATS and Postgres are used where the configuration points when they answer, and
+//! started as local processes (files under `--data-dir`) when they do not. Then the database and
+//! its schema, every component (limiter sidecar in front of the gateway), a demo sale run through
+//! the sidecar, and the audit of its invariants.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result, bail};
+use flashsale_gateway::auth::{Signer, bearer};
+use flashsale_loadgen::{Scenario, Sources};
+use flashsale_orders::OrderStore;
+use flashsale_proto::{
+    time::{duration, timestamp},
+    v1::{self as pb, sale_admin_client::SaleAdminClient},
+};
 use flashsale_runtime::{Shutdown, shutdown::drain, telemetry};
 use tokio::net::TcpListener;
+use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -12,31 +25,97 @@ use tonic_health::pb::{
 use crate::{
     cli::{Component, UpArgs},
     config::MeshConfig,
+    local,
     serve::{build, listen_addr, run_sidecar},
 };
 
-pub(crate) async fn run(args: UpArgs, config: MeshConfig) -> Result<()> {
+/// Limits the demo applies through the sidecar when no rules file is configured.
+const DEMO_RULES: &str = "\
+# Written by `flashsale up` for its demo: each buyer may try to purchase 5 times a second.
+domain: flashsale
+descriptors:
+  - key: method
+    value: /flashsale.v1.FlashSale/Purchase
+    descriptors:
+      - key: user
+        rate_limit: { unit: second, requests_per_unit: 5 }
+";
+
+async fn connect(addr: SocketAddr) -> Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(local::url(addr))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
+pub(crate) async fn run(args: UpArgs, mut config: MeshConfig) -> Result<()> {
     let _telemetry = telemetry::init("flashsale-up", &config.telemetry);
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
 
-    let mut servers = Vec::new();
-    let mut endpoints = Vec::new();
+    println!("flashsale mesh: starting on loopback");
+    let started = local::ensure(&config, &args.data_dir).await?;
+    for line in started.describe() {
+        println!("  {line}");
+    }
+    if OrderStore::create_database_if_missing(&config.postgres).await? {
+        println!("  created the database");
+    }
+    OrderStore::connect(&config.postgres)
+        .await?
+        .migrate()
+        .await
+        .context("applying migrations")?;
+    println!("  migrations applied");
+    if config.limiter.rules_file.is_none() {
+        std::fs::create_dir_all(&args.data_dir)?;
+        let rules = args.data_dir.join("limits.yaml");
+        std::fs::write(&rules, DEMO_RULES)?;
+        config.limiter.rules_file = Some(rules);
+    }
+
+    // Bind every listener first, so each component is told where the others really are.
+    let mut listeners = Vec::new();
     for component in Component::ALL {
         let addr = listen_addr(component, &config);
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("{}: cannot listen on {addr}", component.name()))?;
-        let addr = listener.local_addr()?;
+        listeners.push((component, listener.local_addr()?, listener));
+    }
+    let addr_of = |c: Component| {
+        listeners
+            .iter()
+            .find(|(k, _, _)| *k == c)
+            .map(|(_, a, _)| *a)
+    };
+    let (inventory, orders, gateway, sidecar) = (
+        addr_of(Component::Inventory).context("inventory")?,
+        addr_of(Component::Orders).context("orders")?,
+        addr_of(Component::Gateway).context("gateway")?,
+        addr_of(Component::LimiterSidecar).context("sidecar")?,
+    );
+    config.gateway.inventory_url = local::url(inventory);
+    config.gateway.orders_url = local::url(orders);
+    config.orders.inventory_url = local::url(inventory);
+    config.limiter.sidecar.upstream = local::url(gateway);
+
+    let mut servers = Vec::new();
+    let mut endpoints = Vec::new();
+    for (component, addr, listener) in listeners {
         if component == Component::LimiterSidecar {
             let (config, shutdown) = (config.clone(), shutdown.clone());
             servers.push(tokio::spawn(async move {
                 run_sidecar(&config, None, listener, &shutdown).await
             }));
-            endpoints.push((component, addr, vec!["(proxy to the gateway)"]));
+            endpoints.push((component, addr, vec!["proxy to the gateway".to_owned()]));
             continue;
         }
         let server = build(component, &config, &shutdown).await?;
-        let names: Vec<&'static str> = server.service_names().to_vec();
+        let names: Vec<String> = server
+            .service_names()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
         let stop = shutdown.wait();
         servers.push(tokio::spawn(async move {
             server
@@ -47,12 +126,13 @@ pub(crate) async fn run(args: UpArgs, config: MeshConfig) -> Result<()> {
         endpoints.push((component, addr, names));
     }
 
-    println!("flashsale mesh is up:");
+    println!("\nComponents:");
     for (component, addr, names) in &endpoints {
         let status = health(*addr).await;
         println!(
-            "  {:<10} http://{addr:<21} {:<11} {}",
+            "  {:<16} {:<22} {:<11} {}",
             component.name(),
+            addr,
             status.as_str_name(),
             names.join(", ")
         );
@@ -62,27 +142,170 @@ pub(crate) async fn run(args: UpArgs, config: MeshConfig) -> Result<()> {
         }
     }
 
+    let signer = Signer::new(&config.gateway.auth)?;
+    let outcome = if args.no_demo {
+        Ok(true)
+    } else {
+        demo(&config, &args, &signer, sidecar, gateway, orders, inventory).await
+    };
+
     if args.exit {
         shutdown.trigger();
     } else {
-        println!("Press Ctrl-C to stop.");
+        let token = signer.token("operator", true, Duration::from_secs(24 * 3600));
+        println!(
+            "\nThe mesh keeps running; buyers connect to the sidecar at {}.",
+            local::url(sidecar)
+        );
+        println!("Admin token (24 h): {token}");
+        println!(
+            "Try: flashsale sale list --gateway {}   ·   Ctrl-C stops everything.",
+            local::url(gateway)
+        );
     }
     let all = futures::future::join_all(servers);
     let (_, results) = drain(all, &shutdown, config.server.shutdown_grace).await;
     for result in results.into_iter().flatten() {
         result.context("server task panicked")??;
     }
-    Ok(())
+    drop(started);
+    match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => bail!("the demo sale's audit failed"),
+        Err(e) => Err(e),
+    }
 }
 
-async fn health(addr: std::net::SocketAddr) -> ServingStatus {
+/// Runs the demo sale and prints its outcome; `Ok(false)` when the audit failed.
+async fn demo(
+    config: &MeshConfig,
+    args: &UpArgs,
+    signer: &Signer,
+    sidecar: SocketAddr,
+    gateway: SocketAddr,
+    orders: SocketAddr,
+    inventory: SocketAddr,
+) -> Result<bool> {
+    let now = flashsale_proto::time::now_ms();
+    let sale = pb::Sale {
+        sale_id: format!("demo-{}", now / 1000),
+        name: "Demo flash sale".into(),
+        stock: args.stock,
+        per_user_limit: 2,
+        unit_price_minor: 9_900,
+        currency: "CNY".into(),
+        starts_at: Some(timestamp(now)),
+        ends_at: Some(timestamp(now + 3_600_000)),
+        reservation_hold: Some(duration(30_000)),
+        payment_window: Some(duration(600_000)),
+        state: 0,
+    };
+    let mut admin = SaleAdminClient::new(connect(gateway).await?);
+    let mut create = tonic::Request::new(pb::CreateSaleRequest { sale: Some(sale) });
+    create.metadata_mut().insert(
+        "authorization",
+        bearer(&signer.token("operator", true, Duration::from_secs(600))),
+    );
+    let sale = admin
+        .create_sale(create)
+        .await
+        .context("creating the demo sale")?
+        .into_inner();
+    println!("\nDemo sale: {}", crate::admin::describe(&sale));
+    println!(
+        "  {} attempts by {} buyers through the limiter sidecar, 64 in flight, 10% repeated idempotency keys",
+        args.attempts, args.users
+    );
+
+    let scenario = Scenario {
+        users: args.users,
+        attempts: args.attempts,
+        concurrency: 64,
+        ..Scenario::default()
+    };
+    let report = flashsale_loadgen::drive(
+        connect(sidecar).await?,
+        signer.clone(),
+        &sale.sale_id,
+        &scenario,
+    )
+    .await;
+    let paid = flashsale_loadgen::pay(
+        connect(orders).await?,
+        &report.accepted,
+        0.5,
+        11,
+        Duration::from_secs(30),
+    )
+    .await;
+    let sources = Sources {
+        store: OrderStore::connect(&config.postgres).await?,
+        inventory: connect(inventory).await?,
+    };
+    let audit = flashsale_loadgen::audit(&sources, &sale, &report, Duration::from_secs(60)).await;
+
+    let mut latencies = report.latencies.clone();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "\nOutcome ({:.1} s, {:.0} attempts/s):",
+        report.elapsed.as_secs_f64(),
+        report.attempts as f64 / report.elapsed.as_secs_f64()
+    );
+    println!(
+        "  accepted            {:>7}  ({} more answers repeated an earlier purchase)",
+        report.accepted.len(),
+        report.duplicates_answered
+    );
+    let rejected: BTreeMap<_, _> = report.rejected.iter().collect();
+    for (reason, n) in rejected {
+        println!("  rejected {reason:<12} {n:>7}");
+    }
+    println!("  paid                {:>7}", paid.len());
+    println!(
+        "  latency p50 {:?}  p99 {:?}  max {:?}",
+        pct(0.5),
+        pct(0.99),
+        latencies.last().copied().unwrap_or_default()
+    );
+    if let Some(s) = &audit.stock {
+        println!(
+            "  stock (Redis)       available {}  held {}  sold {}  of {}",
+            s.available, s.held, s.sold, s.total
+        );
+    }
+    println!(
+        "  orders (Postgres)   {}",
+        audit
+            .orders_by_status
+            .iter()
+            .map(|(status, n)| format!("{status} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("\nInvariant audit:");
+    for line in audit.lines() {
+        println!("  {line}");
+    }
+    println!(
+        "  {}",
+        if audit.passed() {
+            "All invariants hold."
+        } else {
+            "AUDIT FAILED"
+        }
+    );
+    Ok(audit.passed())
+}
+
+async fn health(addr: SocketAddr) -> ServingStatus {
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        let mut client = HealthClient::new(channel);
+        let mut client = HealthClient::new(connect(addr).await.ok()?);
         let response = client
             .check(HealthCheckRequest {
                 service: String::new(),

@@ -1,34 +1,174 @@
 //! The `[gateway]` section of the configuration.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use flashsale_runtime::{Invalid, Validate};
+use flashsale_runtime::{Invalid, Validate, config::check_range};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-/// Settings of the gateway server.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Settings of the public gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the gRPC server binds. Loopback unless an operator decides otherwise.
     pub listen: SocketAddr,
+    /// Where the inventory's gRPC server is.
+    pub inventory_url: String,
+    /// Where the orders' gRPC server is.
+    pub orders_url: String,
+    /// How buyers and operators prove who they are.
+    pub auth: AuthConfig,
+    /// Most Purchase calls of one sale in flight in this replica; more are shed at once with
+    /// RESOURCE_EXHAUSTED and a retry-after instead of queuing.
+    pub max_in_flight_per_sale: usize,
+    /// How long a sale's definition is served from memory before it is read again.
+    #[serde(with = "humantime_serde")]
+    pub sale_cache_ttl: Duration,
+    /// How long a sold-out flag answers from memory before the inventory is asked again (stock
+    /// comes back when holds expire).
+    #[serde(with = "humantime_serde")]
+    pub sold_out_ttl: Duration,
+    /// NATS subject prefix of the inventory's sold-out signals.
+    pub signal_prefix: String,
+    /// How long WatchOrder waits for a just-accepted order to be persisted.
+    #[serde(with = "humantime_serde")]
+    pub watch_wait: Duration,
+}
+
+/// Token verification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `HS256` (shared secret) or `RS256` / `ES256` (public key).
+    pub algorithm: String,
+    /// The HS256 secret; empty with RS256/ES256.
+    #[serde(serialize_with = "flashsale_runtime::config::serialize_redacted")]
+    pub secret: SecretString,
+    /// PEM file with the RS256/ES256 public key.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// Required `iss` claim; empty means any.
+    pub issuer: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            inventory_url: "http://127.0.0.1:50052".into(),
+            orders_url: "http://127.0.0.1:50053".into(),
+            auth: AuthConfig::default(),
+            max_in_flight_per_sale: 512,
+            sale_cache_ttl: Duration::from_secs(5),
+            sold_out_ttl: Duration::from_millis(500),
+            signal_prefix: flashsale_inventory::signal::DEFAULT_PREFIX.into(),
+            watch_wait: Duration::from_secs(10),
         }
     }
 }
 
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: "HS256".into(),
+            // A development secret, refused outside loopback by `validate_for`.
+            secret: SecretString::from("flashsale-dev-secret-change-me"),
+            public_key_file: None,
+            audience: "flashsale".into(),
+            issuer: String::new(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The secret the defaults carry; a gateway listening beyond loopback must not use it.
+pub const DEV_SECRET: &str = "flashsale-dev-secret-change-me";
+
 impl Validate for Config {
     fn validate(&self) -> Result<(), Invalid> {
-        if self.listen.ip().is_multicast() {
+        for (key, url) in [
+            ("inventory_url", &self.inventory_url),
+            ("orders_url", &self.orders_url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Invalid::new(key, "must start with http:// or https://"));
+            }
+        }
+        self.auth.validate().map_err(|e| e.within("auth"))?;
+        if !self.listen.ip().is_loopback()
+            && self.auth.algorithm == "HS256"
+            && self.auth.secret.expose_secret() == DEV_SECRET
+        {
             return Err(Invalid::new(
-                "listen",
-                format!("{} is a multicast address", self.listen),
+                "auth.secret",
+                "the development secret may only be used on loopback; set FLASHSALE_GATEWAY__AUTH__SECRET",
             ));
         }
-        Ok(())
+        if !(1..=1_000_000).contains(&self.max_in_flight_per_sale) {
+            return Err(Invalid::new(
+                "max_in_flight_per_sale",
+                "must be within 1..=1000000",
+            ));
+        }
+        check_range(
+            "sale_cache_ttl",
+            self.sale_cache_ttl,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        )?;
+        check_range(
+            "sold_out_ttl",
+            self.sold_out_ttl,
+            Duration::from_millis(10),
+            Duration::from_secs(600),
+        )?;
+        check_range(
+            "watch_wait",
+            self.watch_wait,
+            Duration::ZERO,
+            Duration::from_secs(600),
+        )
+    }
+}
+
+impl Validate for AuthConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        match self.algorithm.as_str() {
+            "HS256" => {
+                if self.secret.expose_secret().len() < 16 {
+                    return Err(Invalid::new(
+                        "secret",
+                        "HS256 needs a secret of at least 16 bytes",
+                    ));
+                }
+            }
+            "RS256" | "ES256" => {
+                if self.public_key_file.is_none() {
+                    return Err(Invalid::new(
+                        "public_key_file",
+                        format!("{} needs a public key file", self.algorithm),
+                    ));
+                }
+            }
+            other => {
+                return Err(Invalid::new(
+                    "algorithm",
+                    format!("`{other}` is not one of HS256, RS256, ES256"),
+                ));
+            }
+        }
+        if self.audience.is_empty() {
+            return Err(Invalid::new("audience", "must not be empty"));
+        }
+        check_range(
+            "leeway",
+            self.leeway,
+            Duration::ZERO,
+            Duration::from_secs(600),
+        )
     }
 }

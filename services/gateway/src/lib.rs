@@ -1,12 +1,23 @@
 //! Gateway: the public face of flashsale mesh.
 //!
-//! It owns buyer authentication, the purchase path (local sold-out flag, Inventory reserve,
-//! JetStream publish), and sale administration.
+//! It owns buyer authentication ([`auth`]: a verified JWT; the buyer is the token's subject),
+//! the purchase path ([`gateway`]: local sold-out flag → per-sale admission with load shedding →
+//! Inventory.Reserve → JetStream publish, releasing the reservation if the publish fails), the
+//! buyer views of sales and orders, and sale administration ([`admin`]: create, end, figures,
+//! and reconciliation of Redis with Postgres and the stream).
 //!
-//! - [`config`]: the `[gateway]` configuration section.
-//! - [`grpc`]: the `flashsale.v1.FlashSale` and `flashsale.v1.SaleAdmin` gRPC server.
+//! - [`config`]: the `[gateway]` section.
+//! - [`sales`]: sale validation and conversions.
+//! - [`grpc`]: the `FlashSale` and `SaleAdmin` servers.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
+mod error;
+pub mod gateway;
 pub mod grpc;
+pub mod sales;
 
 pub use config::Config;
+pub use error::Error;
+pub use gateway::{Backends, Gateway};

@@ -34,6 +34,34 @@ use std::{
     time::Duration,
 };
 
+/// Where a server keeps its files: a temporary folder removed with the handle, or a folder
+/// kept for the next start (`flashsale up`).
+#[derive(Debug)]
+pub(crate) enum Dir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Dir {
+    pub(crate) fn temp(prefix: &str) -> std::io::Result<Self> {
+        Ok(Self::Temp(
+            tempfile::Builder::new().prefix(prefix).tempdir()?,
+        ))
+    }
+
+    pub(crate) fn kept(path: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        Ok(Self::Kept(path.to_path_buf()))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            Self::Temp(t) => t.path(),
+            Self::Kept(p) => p,
+        }
+    }
+}
+
 /// Loopback, where every test server listens.
 pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 

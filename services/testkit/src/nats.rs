@@ -9,10 +9,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
-use tempfile::TempDir;
 
 use crate::{
-    LOOPBACK, READY_TIMEOUT,
+    Dir, LOOPBACK, READY_TIMEOUT,
     process::{Process, Spec},
 };
 
@@ -22,7 +21,7 @@ use crate::{
 pub struct NatsServer {
     port: u16,
     process: Process,
-    dir: TempDir,
+    dir: Dir,
 }
 
 /// The nats-server binary: `NATS_SERVER_BIN`, else `.tools/bin/nats-server` (2.15 from the
@@ -61,9 +60,15 @@ fn binary() -> Result<&'static Path> {
 impl NatsServer {
     /// Starts a server with JetStream and waits until JetStream answers.
     pub async fn start() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("flashsale-nats-")
-            .tempdir()?;
+        Self::start_in(Dir::temp("flashsale-nats-")?, None).await
+    }
+
+    /// Starts a server on `port` with its JetStream store in `dir` (kept across runs).
+    pub async fn start_at(port: u16, dir: &Path) -> Result<Self> {
+        Self::start_in(Dir::kept(dir)?, Some(port)).await
+    }
+
+    async fn start_in(dir: Dir, port: Option<u16>) -> Result<Self> {
         let spec = Spec {
             program: binary()?.to_path_buf(),
             args: Vec::new(),
@@ -75,6 +80,13 @@ impl NatsServer {
             process,
             dir,
         };
+        if let Some(port) = port {
+            server.port = port;
+            server.set_args(&port.to_string(), None);
+            server.process.spawn()?;
+            server.wait_ready().await?;
+            return Ok(server);
+        }
         // The first start takes a port the server picks itself (no race), read from the ports
         // file; restarts reuse it.
         let ports_dir = server.dir.path().join("ports");

@@ -8,10 +8,9 @@ use nix::{
     unistd::{Uid, User},
 };
 use sqlx::{Connection, Executor, PgConnection};
-use tempfile::TempDir;
 
 use crate::{
-    LOOPBACK, READY_TIMEOUT,
+    Dir, LOOPBACK, READY_TIMEOUT,
     process::{Process, Spec},
 };
 
@@ -25,7 +24,7 @@ use crate::{
 pub struct PostgresServer {
     port: u16,
     process: Process,
-    dir: TempDir,
+    dir: Dir,
 }
 
 /// A database created for one test.
@@ -86,14 +85,24 @@ impl PostgresServer {
         Self::start_with(true).await
     }
 
+    /// Starts a server on `port` with its cluster in `dir`, made by `initdb` on first use and
+    /// kept across runs (`flashsale up`). Durable (`fsync=on`).
+    pub async fn start_at(port: u16, dir: &std::path::Path) -> Result<Self> {
+        Self::start_in(Dir::kept(dir)?, true, Some(port)).await
+    }
+
     async fn start_with(durable: bool) -> Result<Self> {
+        Self::start_in(Dir::temp("flashsale-pg-")?, durable, None).await
+    }
+
+    async fn start_in(dir: Dir, durable: bool, fixed_port: Option<u16>) -> Result<Self> {
         let bin = bin_dir()?;
         let user = run_as()?;
-        let dir = tempfile::Builder::new().prefix("flashsale-pg-").tempdir()?;
         if let Some(user) = &user {
             std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
         }
         let data = dir.path().join("data");
+        let initialised = data.join("PG_VERSION").exists();
 
         let mut initdb = Command::new("setpriv");
         if let Some(user) = &user {
@@ -103,23 +112,28 @@ impl PostgresServer {
                 .arg("--init-groups")
                 .env("HOME", &user.dir);
         }
-        let output = initdb
-            .arg("--")
-            .arg(bin.join("initdb"))
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--no-instructions",
-            ])
-            .arg("-D")
-            .arg(&data)
-            .output()
-            .context("running initdb")?;
-        if !output.status.success() {
+        let output = if initialised {
+            None
+        } else {
+            let output = initdb
+                .arg("--")
+                .arg(bin.join("initdb"))
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ])
+                .arg("-D")
+                .arg(&data)
+                .output()
+                .context("running initdb")?;
+            Some(output)
+        };
+        if let Some(output) = output.filter(|o| !o.status.success()) {
             bail!(
                 "initdb failed: {}{}",
                 String::from_utf8_lossy(&output.stdout),
@@ -129,7 +143,10 @@ impl PostgresServer {
 
         let mut last = None;
         for _ in 0..3 {
-            let port = crate::free_port()?;
+            let port = match fixed_port {
+                Some(port) => port,
+                None => crate::free_port()?,
+            };
             let mut args: Vec<std::ffi::OsString> = vec![
                 "-D".into(),
                 data.clone().into(),

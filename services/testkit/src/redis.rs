@@ -4,14 +4,13 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::Signal;
-use tempfile::TempDir;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
 use crate::{
-    LOOPBACK, READY_TIMEOUT,
+    Dir, LOOPBACK, READY_TIMEOUT,
     process::{Process, Spec},
 };
 
@@ -20,7 +19,7 @@ use crate::{
 pub struct RedisServer {
     port: u16,
     process: Process,
-    _dir: TempDir,
+    _dir: Dir,
 }
 
 fn binary() -> Result<PathBuf> {
@@ -44,10 +43,16 @@ impl RedisServer {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
     }
 
+    /// Starts a server on `port` with its files in `dir` (kept; Redis still saves nothing).
+    pub async fn start_at(port: u16, dir: &std::path::Path) -> Result<Self> {
+        Self::try_start_in(port, Dir::kept(dir)?).await
+    }
+
     async fn try_start(port: u16) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("flashsale-redis-")
-            .tempdir()?;
+        Self::try_start_in(port, Dir::temp("flashsale-redis-")?).await
+    }
+
+    async fn try_start_in(port: u16, dir: Dir) -> Result<Self> {
         let args = [
             "--port".into(),
             port.to_string(),

@@ -1,6 +1,8 @@
 //! Tests of the real `flashsale` binary.
 
 mod config;
+mod e2e;
+mod mesh;
 mod migrate;
 mod serve;
 
@@ -19,6 +21,34 @@ fn flashsale() -> Command {
         if key.starts_with("FLASHSALE_") {
             command.env_remove(key);
         }
+    }
+    // Nothing listens on port 9: a test that forgets to point a process at its own throwaway
+    // servers fails instead of quietly using the machine's.
+    command
+        .env("FLASHSALE_REDIS__URL", "redis://127.0.0.1:9")
+        .env("FLASHSALE_NATS__URL", "nats://127.0.0.1:9")
+        .env(
+            "FLASHSALE_POSTGRES__URL",
+            "postgres://postgres@127.0.0.1:9/none",
+        );
+    // Quiet unless something goes wrong; nextest shows it for failing tests.
+    command.env(
+        "FLASHSALE_TELEMETRY__LOG_LEVEL",
+        std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    command
+}
+
+/// The binary for a process whose stores come from a configuration file (the environment would
+/// override it).
+fn flashsale_configured() -> Command {
+    let mut command = flashsale();
+    for key in [
+        "FLASHSALE_REDIS__URL",
+        "FLASHSALE_NATS__URL",
+        "FLASHSALE_POSTGRES__URL",
+    ] {
+        command.env_remove(key);
     }
     command
 }
@@ -39,7 +69,8 @@ impl Running {
             command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
+                // Inherited, not piped: a pipe nobody reads would block a chatty process.
+                .stderr(Stdio::inherit())
                 .spawn()
                 .expect("flashsale starts"),
         )

@@ -29,6 +29,28 @@ async fn connect(addr: &str) -> Channel {
     }
 }
 
+/// Waits until `addr` answers health with SERVING.
+pub(crate) async fn wait_serving(addr: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let channel = connect(addr).await;
+    let mut health = HealthClient::new(channel);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        if status.is_ok_and(|s| s.into_inner().status == ServingStatus::Serving as i32) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never reported SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn list_services(channel: Channel) -> Vec<String> {
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
@@ -51,7 +73,44 @@ async fn list_services(channel: Channel) -> Vec<String> {
     }
 }
 
-async fn check_target(component: &str, services: &[&str], env: &[(&str, String)]) {
+/// Throwaway Redis, NATS and Postgres, and the environment that points a process at them:
+/// tests never touch the machine's own services.
+pub(crate) struct Stores {
+    _redis: flashsale_testkit::RedisServer,
+    _nats: flashsale_testkit::NatsServer,
+    _pg: flashsale_testkit::PostgresServer,
+    pub(crate) env: Vec<(&'static str, String)>,
+}
+
+pub(crate) async fn stores() -> Stores {
+    let (redis, nats, pg) = tokio::join!(
+        flashsale_testkit::RedisServer::start(),
+        flashsale_testkit::NatsServer::start(),
+        flashsale_testkit::PostgresServer::start()
+    );
+    let (redis, nats, pg) = (redis.unwrap(), nats.unwrap(), pg.unwrap());
+    let db = pg.create_database().await.unwrap();
+    Stores {
+        env: vec![
+            ("FLASHSALE_REDIS__URL", redis.url()),
+            ("FLASHSALE_NATS__URL", nats.url()),
+            ("FLASHSALE_POSTGRES__URL", db.url),
+        ],
+        _redis: redis,
+        _nats: nats,
+        _pg: pg,
+    }
+}
+
+async fn check_target(component: &str, services: &[&str], extra_env: &[(&str, String)]) {
+    let stores = Box::pin(stores()).await;
+    let env: Vec<(&str, String)> = stores
+        .env
+        .iter()
+        .cloned()
+        .chain(extra_env.iter().cloned())
+        .collect();
+    let env = env.as_slice();
     let port = flashsale_testkit::free_port().unwrap();
     let addr = format!("127.0.0.1:{port}");
     let mut command = flashsale();
@@ -111,17 +170,7 @@ async fn gateway_serves_health_and_reflection() {
 
 #[tokio::test]
 async fn inventory_serves_health_and_reflection() {
-    let redis = flashsale_testkit::RedisServer::start().await.unwrap();
-    let nats = flashsale_testkit::NatsServer::start().await.unwrap();
-    check_target(
-        "inventory",
-        &["flashsale.v1.Inventory"],
-        &[
-            ("FLASHSALE_REDIS__URL", redis.url()),
-            ("FLASHSALE_NATS__URL", nats.url()),
-        ],
-    )
-    .await;
+    check_target("inventory", &["flashsale.v1.Inventory"], &[]).await;
 }
 
 #[tokio::test]
@@ -131,39 +180,36 @@ async fn orders_serves_health_and_reflection() {
 
 #[tokio::test]
 async fn limiter_serves_health_and_reflection() {
-    let redis = flashsale_testkit::RedisServer::start().await.unwrap();
     check_target(
         "limiter",
         &[
             "envoy.service.ratelimit.v3.RateLimitService",
             "flashsale.v1.Limiter",
         ],
-        &[("FLASHSALE_REDIS__URL", redis.url())],
+        &[],
     )
     .await;
 }
 
 #[tokio::test]
 async fn order_consumer_serves_health() {
-    let nats = flashsale_testkit::NatsServer::start().await.unwrap();
-    check_target(
-        "order-consumer",
-        &[],
-        &[("FLASHSALE_NATS__URL", nats.url())],
-    )
-    .await;
+    check_target("order-consumer", &[], &[]).await;
 }
 
 /// The sidecar forwards everything, health included, to the service behind it.
 #[tokio::test]
 async fn limiter_sidecar_forwards_health_to_its_upstream() {
-    let redis = flashsale_testkit::RedisServer::start().await.unwrap();
+    let stores = Box::pin(stores()).await;
     let gateway_addr = format!("127.0.0.1:{}", flashsale_testkit::free_port().unwrap());
-    let _gateway =
-        Running::spawn(flashsale().args(["serve", "gateway", "--listen", &gateway_addr]));
+    let _gateway = Running::spawn(flashsale().envs(stores.env.iter().cloned()).args([
+        "serve",
+        "gateway",
+        "--listen",
+        &gateway_addr,
+    ]));
     connect(&gateway_addr).await;
     let sidecar_addr = format!("127.0.0.1:{}", flashsale_testkit::free_port().unwrap());
-    let mut sidecar = Running::spawn(flashsale().env("FLASHSALE_REDIS__URL", redis.url()).args([
+    let mut sidecar = Running::spawn(flashsale().envs(stores.env.iter().cloned()).args([
         "serve",
         "limiter-sidecar",
         "--listen",

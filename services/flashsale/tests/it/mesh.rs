@@ -1,0 +1,206 @@
+//! The whole mesh as separate processes of the real binary, on throwaway servers.
+
+use std::{path::PathBuf, time::Duration};
+
+use flashsale_gateway::auth::Signer;
+use flashsale_testkit::{NatsServer, PostgresServer, RedisServer, free_port};
+use tonic::transport::Channel;
+
+use crate::{Running, flashsale_configured};
+
+/// Ports of every component.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ports {
+    pub(crate) gateway: u16,
+    pub(crate) inventory: u16,
+    pub(crate) orders: u16,
+    pub(crate) consumer: u16,
+    pub(crate) limiter: u16,
+    pub(crate) sidecar: u16,
+}
+
+pub(crate) struct Mesh {
+    pub(crate) _redis: RedisServer,
+    pub(crate) _nats: NatsServer,
+    pub(crate) _pg: PostgresServer,
+    pub(crate) db_url: String,
+    pub(crate) ports: Ports,
+    pub(crate) config: PathBuf,
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) processes: Vec<(&'static str, Running)>,
+}
+
+pub(crate) const SECRET: &str = "end-to-end-test-secret-0123456789";
+
+/// Limits the sidecar applies: generous, so the purchase path is what the tests exercise.
+const RULES: &str = "domain: flashsale
+descriptors:
+  - key: method
+    value: /flashsale.v1.FlashSale/Purchase
+    descriptors:
+      - key: user
+        rate_limit: { unit: second, requests_per_unit: 1000 }
+";
+
+impl Mesh {
+    /// Starts the servers, writes the configuration, migrates, starts every component and waits
+    /// until each answers health.
+    pub(crate) async fn start(payment_window_hint: &str) -> Mesh {
+        flashsale_runtime::telemetry::init_for_tests();
+        let (redis, nats, pg) = tokio::join!(
+            RedisServer::start(),
+            NatsServer::start(),
+            PostgresServer::start()
+        );
+        let (redis, nats, pg) = (redis.unwrap(), nats.unwrap(), pg.unwrap());
+        let db = pg.create_database().await.unwrap();
+        let ports = Ports {
+            gateway: free_port().unwrap(),
+            inventory: free_port().unwrap(),
+            orders: free_port().unwrap(),
+            consumer: free_port().unwrap(),
+            limiter: free_port().unwrap(),
+            sidecar: free_port().unwrap(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("limits.yaml");
+        std::fs::write(&rules, RULES).unwrap();
+        let config = dir.path().join("mesh.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"# {payment_window_hint}
+[server]
+shutdown_grace = "5s"
+
+[redis]
+url = "{redis}"
+
+[nats]
+url = "{nats}"
+
+[postgres]
+url = "{pg}"
+
+[gateway]
+listen = "127.0.0.1:{gw}"
+inventory_url = "http://127.0.0.1:{inv}"
+orders_url = "http://127.0.0.1:{ord}"
+[gateway.auth]
+secret = "{SECRET}"
+
+[inventory]
+listen = "127.0.0.1:{inv}"
+sweep_interval = "100ms"
+
+[orders]
+listen = "127.0.0.1:{ord}"
+consumer_listen = "127.0.0.1:{cons}"
+inventory_url = "http://127.0.0.1:{inv}"
+lifecycle_interval = "200ms"
+fetch_wait = "100ms"
+
+[limiter]
+listen = "127.0.0.1:{lim}"
+rules_file = "{rules}"
+[limiter.sidecar]
+listen = "127.0.0.1:{side}"
+upstream = "http://127.0.0.1:{gw}"
+"#,
+                redis = redis.url(),
+                nats = nats.url(),
+                pg = db.url,
+                gw = ports.gateway,
+                inv = ports.inventory,
+                ord = ports.orders,
+                cons = ports.consumer,
+                lim = ports.limiter,
+                side = ports.sidecar,
+                rules = rules.display(),
+            ),
+        )
+        .unwrap();
+        let migrate = flashsale_configured()
+            .arg("--config")
+            .arg(&config)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert!(
+            migrate.status.success(),
+            "{}",
+            String::from_utf8_lossy(&migrate.stderr)
+        );
+
+        let mut mesh = Mesh {
+            _redis: redis,
+            _nats: nats,
+            _pg: pg,
+            db_url: db.url,
+            ports,
+            config,
+            _dir: dir,
+            processes: Vec::new(),
+        };
+        for component in [
+            "inventory",
+            "orders",
+            "order-consumer",
+            "limiter",
+            "gateway",
+            "limiter-sidecar",
+        ] {
+            mesh.spawn(component);
+        }
+        for port in [
+            ports.inventory,
+            ports.orders,
+            ports.consumer,
+            ports.limiter,
+            ports.gateway,
+            ports.sidecar,
+        ] {
+            crate::serve::wait_serving(&format!("127.0.0.1:{port}")).await;
+        }
+        mesh
+    }
+
+    /// Starts (or restarts) one component as its own process.
+    pub(crate) fn spawn(&mut self, component: &'static str) {
+        self.processes.retain(|(name, _)| *name != component);
+        let process = Running::spawn(
+            flashsale_configured()
+                .arg("--config")
+                .arg(&self.config)
+                .args(["serve", component]),
+        );
+        self.processes.push((component, process));
+    }
+
+    pub(crate) fn signer(&self) -> Signer {
+        let auth = flashsale_gateway::config::AuthConfig {
+            secret: SECRET.to_owned().into(),
+            ..Default::default()
+        };
+        Signer::new(&auth).unwrap()
+    }
+
+    pub(crate) async fn channel(&self, port: u16) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn store(&self) -> flashsale_orders::OrderStore {
+        flashsale_orders::OrderStore::connect(&flashsale_runtime::config::PostgresConfig {
+            url: self.db_url.clone().into(),
+            max_connections: 4,
+            connect_timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap()
+    }
+}

@@ -1,0 +1,220 @@
+//! Sale administration: create, end, figures, and reconciliation of Redis, JetStream and
+//! Postgres.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use flashsale_orders::{
+    convert::ms,
+    entity::orders::{self, Status},
+};
+use flashsale_proto::{
+    rules,
+    time::timestamp,
+    v1::{self as pb},
+};
+
+use crate::{Error, Gateway, sales};
+
+/// How long Reconcile --repair waits for a sale's queued events to be written.
+const DRAIN_WAIT: Duration = Duration::from_secs(15);
+
+impl Gateway {
+    async fn load_into_inventory(&self, sale: &pb::Sale) -> Result<pb::LoadSaleResponse, Error> {
+        Ok(self
+            .inner
+            .inventory
+            .clone()
+            .load_sale(pb::LoadSaleRequest {
+                sale: Some(sale.clone()),
+            })
+            .await
+            .map_err(Error::Upstream)?
+            .into_inner())
+    }
+
+    /// Validates, writes the sale to Postgres (the source of truth) and warms the inventory.
+    pub async fn create_sale(&self, sale: &pb::Sale) -> Result<pb::Sale, Error> {
+        let row = sales::new_sale(sale)?;
+        let row = self.inner.store.create_sale(row).await?;
+        let created = sales::sale_pb(&row);
+        self.load_into_inventory(&created).await?;
+        tracing::info!(sale_id = %row.sale_id, stock = row.stock, "sale created");
+        Ok(created)
+    }
+
+    /// Ends a sale now; its orders keep their lifecycle.
+    pub async fn end_sale(&self, sale_id: &str) -> Result<pb::Sale, Error> {
+        rules::sale_id(sale_id)?;
+        let row = self.inner.store.end_sale(sale_id).await?;
+        self.forget_sale(sale_id);
+        let ended = sales::sale_pb(&row);
+        self.load_into_inventory(&ended).await?;
+        Ok(ended)
+    }
+
+    /// Stock, this replica's purchase counts, and orders by status.
+    pub async fn sale_stats(&self, sale_id: &str) -> Result<pb::SaleStats, Error> {
+        rules::sale_id(sale_id)?;
+        self.sale(sale_id).await?;
+        let stock = self.stock(sale_id).await?;
+        let totals = self.inner.store.sale_totals(sale_id).await?;
+        let counters = self.counters(sale_id);
+        Ok(pb::SaleStats {
+            sale_id: sale_id.to_owned(),
+            stock,
+            rejected_by_reason: counters
+                .rejected
+                .iter()
+                .map(|e| ((*e.key()).to_owned(), e.value().load(Ordering::Relaxed)))
+                .collect(),
+            orders_by_status: totals
+                .orders
+                .iter()
+                .map(|(status, n)| (status.as_str().to_owned(), *n))
+                .collect(),
+            accepted: counters.accepted.load(Ordering::Relaxed),
+        })
+    }
+
+    async fn stock(&self, sale_id: &str) -> Result<Option<pb::StockLevel>, Error> {
+        match self
+            .inner
+            .inventory
+            .clone()
+            .get_stock(pb::GetStockRequest {
+                sale_id: sale_id.to_owned(),
+            })
+            .await
+        {
+            Ok(stock) => Ok(Some(stock.into_inner())),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(Error::Upstream(status)),
+        }
+    }
+
+    /// Compares Redis with Postgres and the stream; with `repair`, rebuilds Redis from Postgres
+    /// once the sale's queued events are written.
+    pub async fn reconcile(
+        &self,
+        sale_id: &str,
+        repair: bool,
+    ) -> Result<pb::ReconcileReport, Error> {
+        rules::sale_id(sale_id)?;
+        let sale = self.inner.store.sale(sale_id).await?;
+        let redis = self.stock(sale_id).await?;
+        let totals = self.inner.store.sale_totals(sale_id).await?;
+        let (pg_held, pg_sold) = (
+            totals.units(Status::PendingPayment),
+            totals.units(Status::Paid),
+        );
+        let pending =
+            flashsale_orders::stream::pending(&self.inner.js, &self.inner.stream, Some(sale_id))
+                .await?;
+        let mut discrepancies = Vec::new();
+        match &redis {
+            None => discrepancies
+                .push("the sale is missing from Redis (it restarted empty?)".to_owned()),
+            Some(stock) => {
+                if stock.available + stock.held + stock.sold != stock.total {
+                    discrepancies.push(format!(
+                        "Redis counters do not add up: {} + {} + {} != {}",
+                        stock.available, stock.held, stock.sold, stock.total
+                    ));
+                }
+                if stock.sold != pg_sold {
+                    discrepancies.push(format!(
+                        "Redis has {} units sold, Postgres {} paid",
+                        stock.sold, pg_sold
+                    ));
+                }
+                if stock.held < pg_held {
+                    discrepancies.push(format!(
+                        "Redis holds {} units but Postgres has {} pending",
+                        stock.held, pg_held
+                    ));
+                }
+                if stock.held > pg_held && pending == 0 {
+                    discrepancies.push(format!(
+                        "Redis holds {} units more than pending orders and nothing is queued (holds not yet expired or lost orders)",
+                        stock.held - pg_held
+                    ));
+                }
+            }
+        }
+        let mut report = pb::ReconcileReport {
+            sale_id: sale_id.to_owned(),
+            redis,
+            postgres_held: pg_held,
+            postgres_sold: pg_sold,
+            stream_pending: pending,
+            discrepancies,
+            repaired: false,
+            redis_after: None,
+        };
+        if !repair {
+            return Ok(report);
+        }
+        // Queued events become orders first: otherwise their units would be missing from the
+        // rebuild (and could be sold twice).
+        let deadline = Instant::now() + DRAIN_WAIT;
+        let mut pending = pending;
+        while pending > 0 {
+            if Instant::now() > deadline {
+                return Err(Error::StreamNotDrained {
+                    sale_id: sale_id.to_owned(),
+                    pending,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            pending = flashsale_orders::stream::pending(
+                &self.inner.js,
+                &self.inner.stream,
+                Some(sale_id),
+            )
+            .await?;
+        }
+        let orders = self.inner.store.live_orders(sale_id).await?;
+        let reservations = orders.iter().map(reservation_of).collect();
+        let after = self
+            .inner
+            .inventory
+            .clone()
+            .rebuild(pb::RebuildRequest {
+                sale: Some(sales::sale_pb(&sale)),
+                reservations,
+            })
+            .await
+            .map_err(Error::Upstream)?
+            .into_inner();
+        tracing::info!(
+            sale_id,
+            held = after.held,
+            sold = after.sold,
+            "Redis rebuilt from Postgres"
+        );
+        report.repaired = true;
+        report.redis_after = Some(after);
+        Ok(report)
+    }
+}
+
+fn reservation_of(order: &orders::Model) -> pb::Reservation {
+    let paid = order.status == Status::Paid;
+    pb::Reservation {
+        reservation_id: order.order_id.clone(),
+        sale_id: order.sale_id.clone(),
+        user_id: order.user_id.clone(),
+        quantity: order.quantity as u32,
+        state: if paid {
+            pb::ReservationState::Confirmed
+        } else {
+            pb::ReservationState::Committed
+        } as i32,
+        created_at: Some(timestamp(ms(order.created_at))),
+        expires_at: (!paid).then(|| timestamp(ms(order.pay_deadline))),
+        idempotency_key: order.idempotency_key.clone(),
+    }
+}

@@ -1,0 +1,196 @@
+//! Who is calling: a bearer JWT in the `authorization` metadata, verified against the
+//! configured key, with `exp`, `nbf` and `aud` (and `iss` when configured) checked. The buyer's
+//! identity is the token's `sub`, never a request field; operators carry `admin: true`.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataMap;
+
+use crate::{Error, config::AuthConfig};
+
+/// The claims this gateway reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Expiry (Unix seconds).
+    pub exp: u64,
+    /// Not before (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Audience.
+    pub aud: String,
+    /// Issuer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub iss: String,
+    /// Operator rights (SaleAdmin).
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The user id (`sub`).
+    pub user_id: String,
+    /// Operator rights.
+    pub admin: bool,
+}
+
+/// Verifies bearer tokens.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+fn algorithm(name: &str) -> Result<Algorithm, Error> {
+    match name {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        other => Err(Error::Config(format!(
+            "unsupported token algorithm {other}"
+        ))),
+    }
+}
+
+impl Verifier {
+    /// A verifier for the configured algorithm and key.
+    pub fn new(config: &AuthConfig) -> Result<Self, Error> {
+        let alg = algorithm(&config.algorithm)?;
+        let key = match alg {
+            Algorithm::HS256 => DecodingKey::from_secret(config.secret.expose_secret().as_bytes()),
+            _ => {
+                let path = config
+                    .public_key_file
+                    .as_ref()
+                    .ok_or_else(|| Error::Config("no public key file".into()))?;
+                let pem = std::fs::read(path)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                match alg {
+                    Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
+                    _ => DecodingKey::from_ec_pem(&pem),
+                }
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.set_audience(&[config.audience.as_str()]);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        if !config.issuer.is_empty() {
+            validation.set_issuer(&[config.issuer.as_str()]);
+        }
+        Ok(Self { key, validation })
+    }
+
+    /// The caller of a request, from its `authorization: Bearer <jwt>` metadata.
+    pub fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Error> {
+        let header = metadata
+            .get("authorization")
+            .ok_or(Error::Unauthenticated("no bearer token"))?
+            .to_str()
+            .map_err(|_| Error::Unauthenticated("authorization is not text"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(Error::Unauthenticated(
+                "authorization is not a bearer token",
+            ))?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                Error::Unauthenticated(match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::ImmatureSignature => "token not valid yet",
+                    ErrorKind::InvalidAudience => "token is for another audience",
+                    ErrorKind::InvalidIssuer => "token from another issuer",
+                    ErrorKind::InvalidSignature => "token signature does not verify",
+                    ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
+                    _ => "token is not valid",
+                })
+            })?;
+        flashsale_proto::rules::text_id("sub", &data.claims.sub)
+            .map_err(|_| Error::Unauthenticated("token subject is not a valid user id"))?;
+        Ok(Caller {
+            user_id: data.claims.sub,
+            admin: data.claims.admin,
+        })
+    }
+
+    /// The caller, who must be an operator.
+    pub fn admin(&self, metadata: &MetadataMap) -> Result<Caller, Error> {
+        let caller = self.caller(metadata)?;
+        if !caller.admin {
+            return Err(Error::PermissionDenied("SaleAdmin needs the admin claim"));
+        }
+        Ok(caller)
+    }
+}
+
+/// Mints HS256 tokens with the configured secret: for `flashsale up`, the load generator and
+/// tests. A real deployment gets its tokens from its identity provider.
+#[derive(Clone)]
+pub struct Signer {
+    key: EncodingKey,
+    audience: String,
+    issuer: String,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// A signer for an HS256 configuration.
+    pub fn new(config: &AuthConfig) -> Result<Self, Error> {
+        if config.algorithm != "HS256" {
+            return Err(Error::Config("tokens can only be minted for HS256".into()));
+        }
+        Ok(Self {
+            key: EncodingKey::from_secret(config.secret.expose_secret().as_bytes()),
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+        })
+    }
+
+    /// A token for `user`, valid for `ttl`.
+    pub fn token(&self, user: &str, admin: bool, ttl: std::time::Duration) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        self.sign(&Claims {
+            sub: user.to_owned(),
+            exp: now + ttl.as_secs(),
+            nbf: Some(now.saturating_sub(1)),
+            aud: self.audience.clone(),
+            iss: self.issuer.clone(),
+            admin,
+        })
+    }
+
+    /// Signs arbitrary claims (tests use it for expired or foreign-audience tokens).
+    pub fn sign(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.key).unwrap_or_default()
+    }
+}
+
+/// `authorization` metadata for a token.
+pub fn bearer(token: &str) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+    format!("Bearer {token}")
+        .parse()
+        .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static(""))
+}

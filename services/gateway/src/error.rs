@@ -1,0 +1,189 @@
+//! The gateway's one error type and its gRPC mapping. Every refusal a buyer can meet has its own
+//! status and reason.
+
+use std::time::Duration;
+
+use flashsale_proto::rules::IdError;
+use flashsale_runtime::IntoStatus;
+use tonic::Code;
+
+/// Everything the gateway can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No valid token.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// A valid token without the needed rights.
+    #[error("permission denied: {0}")]
+    PermissionDenied(&'static str),
+    /// An identifier breaks the rules.
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+    /// Another input breaks a rule.
+    #[error("{field} {reason}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such sale.
+    #[error("sale {0} not found")]
+    SaleNotFound(String),
+    /// A sale with this id exists.
+    #[error("sale {0} already exists")]
+    SaleExists(String),
+    /// No such order (or not the caller's).
+    #[error("order {0} not found")]
+    OrderNotFound(String),
+    /// No stock left.
+    #[error("sale {sale_id} is sold out")]
+    SoldOut {
+        /// The sale.
+        sale_id: String,
+        /// Stock may come back when holds expire.
+        retry_after: Duration,
+    },
+    /// The buyer holds or bought as many as the sale allows.
+    #[error("the per-user limit of sale {0} is reached")]
+    UserLimit(String),
+    /// Outside the sale's window.
+    #[error("sale {0} is not active")]
+    NotActive(String),
+    /// Too many purchases of this sale in flight here; shed instead of queued.
+    #[error("sale {0} is busy; retry shortly")]
+    Overloaded(String),
+    /// The idempotency key names a purchase that is final.
+    #[error("this purchase was already made (order {order_id})")]
+    Duplicate {
+        /// The original order.
+        order_id: String,
+    },
+    /// The purchase could not be queued; its reservation was released.
+    #[error("the order queue is unavailable: {0}")]
+    QueueUnavailable(String),
+    /// Reconcile --repair needs the sale's queued events written first.
+    #[error("sale {sale_id} still has {pending} queued events; retry once they are written")]
+    StreamNotDrained {
+        /// The sale.
+        sale_id: String,
+        /// Events still queued.
+        pending: u64,
+    },
+    /// Postgres failed.
+    #[error("postgres: {0}")]
+    Database(String),
+    /// A service behind the gateway answered with an error; passed on as it is.
+    #[error("{0}")]
+    Upstream(tonic::Status),
+    /// The gateway is misconfigured.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The reason a buyer-facing refusal is counted under.
+    pub fn reason_name(&self) -> &'static str {
+        self.reason()
+    }
+}
+
+impl From<flashsale_orders::Error> for Error {
+    fn from(e: flashsale_orders::Error) -> Self {
+        match e {
+            flashsale_orders::Error::SaleNotFound(id) => Self::SaleNotFound(id),
+            flashsale_orders::Error::SaleExists(id) => Self::SaleExists(id),
+            flashsale_orders::Error::OrderNotFound(id) => Self::OrderNotFound(id),
+            flashsale_orders::Error::InvalidId(e) => Self::InvalidId(e),
+            other => Self::Database(other.to_string()),
+        }
+    }
+}
+
+impl IntoStatus for Error {
+    fn code(&self) -> Code {
+        match self {
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::InvalidId(_) | Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::SaleNotFound(_) | Self::OrderNotFound(_) => Code::NotFound,
+            Self::SaleExists(_) | Self::Duplicate { .. } => Code::AlreadyExists,
+            Self::SoldOut { .. } | Self::UserLimit(_) | Self::Overloaded(_) => {
+                Code::ResourceExhausted
+            }
+            Self::NotActive(_) | Self::StreamNotDrained { .. } => Code::FailedPrecondition,
+            Self::QueueUnavailable(_) | Self::Database(_) => Code::Unavailable,
+            Self::Upstream(status) => status.code(),
+            Self::Config(_) => Code::Internal,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::InvalidId(_) | Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::SaleNotFound(_) => "SALE_NOT_FOUND",
+            Self::SaleExists(_) => "SALE_EXISTS",
+            Self::OrderNotFound(_) => "ORDER_NOT_FOUND",
+            Self::SoldOut { .. } => "SOLD_OUT",
+            Self::UserLimit(_) => "USER_LIMIT",
+            Self::NotActive(_) => "SALE_NOT_ACTIVE",
+            Self::Overloaded(_) => "OVERLOADED",
+            Self::Duplicate { .. } => "DUPLICATE",
+            Self::QueueUnavailable(_) => "QUEUE_UNAVAILABLE",
+            Self::StreamNotDrained { .. } => "STREAM_NOT_DRAINED",
+            Self::Database(_) => "POSTGRES_UNAVAILABLE",
+            Self::Upstream(status) => match status.code() {
+                Code::InvalidArgument => "INVALID_ARGUMENT",
+                Code::NotFound => "NOT_FOUND",
+                Code::Unavailable | Code::DeadlineExceeded => "UNAVAILABLE",
+                _ => "UPSTREAM_ERROR",
+            },
+            Self::Config(_) => "MISCONFIGURED",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::SoldOut { retry_after, .. } => Some(*retry_after),
+            Self::Overloaded(_)
+            | Self::QueueUnavailable(_)
+            | Self::Database(_)
+            | Self::StreamNotDrained { .. } => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Duplicate { order_id } => vec![("order_id", order_id.clone())],
+            Self::InvalidArgument { field, .. } => vec![("field", (*field).to_owned())],
+            Self::InvalidId(e) => vec![("field", e.field.to_owned())],
+            Self::SoldOut { sale_id, .. }
+            | Self::UserLimit(sale_id)
+            | Self::NotActive(sale_id)
+            | Self::Overloaded(sale_id) => {
+                vec![("sale_id", sale_id.clone())]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        match error {
+            // Keep the upstream's own reason and details.
+            Error::Upstream(status) => status,
+            other => flashsale_runtime::to_status(&other),
+        }
+    }
+}

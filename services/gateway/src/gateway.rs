@@ -1,0 +1,551 @@
+//! [`Gateway`]: the purchase path and the sale views, over the inventory, the order stream and
+//! the orders service.
+//!
+//! Purchase: the local sold-out flag answers first (memory, no network); then the sale's
+//! admission stack (a tower concurrency limit behind a load shedder) sheds what exceeds the
+//! in-flight bound; then `Inventory.Reserve`, then the JetStream publish keyed on the
+//! reservation id; a publish that fails releases the reservation and answers UNAVAILABLE.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream;
+use dashmap::DashMap;
+use flashsale_inventory::SoldOutFlags;
+use flashsale_orders::{OrderStore, config::StreamConfig, entity::sales};
+use flashsale_proto::{
+    rules,
+    time::{timestamp, unix_ms},
+    v1::{self as pb, inventory_client::InventoryClient, orders_client::OrdersClient},
+};
+use tonic::transport::Channel;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
+
+use crate::{Error, auth::Caller, config::Config};
+
+/// What a purchase needs to know of its sale (cached in memory).
+#[derive(Debug, Clone)]
+pub struct SaleInfo {
+    /// The row.
+    pub row: sales::Model,
+    /// When it was read.
+    fetched: Instant,
+}
+
+/// One purchase on its way through the admission stack.
+#[derive(Debug, Clone)]
+struct Job {
+    sale: Arc<sales::Model>,
+    user_id: String,
+    quantity: u32,
+    idempotency_key: String,
+}
+
+type Admission = BoxCloneSyncService<Job, pb::PurchaseAccepted, BoxError>;
+
+/// Purchases of one sale counted by this replica.
+#[derive(Debug, Default)]
+pub struct SaleCounters {
+    /// Accepted (queued).
+    pub accepted: AtomicU64,
+    /// Refused, by reason.
+    pub rejected: DashMap<&'static str, AtomicU64>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) inventory: InventoryClient<Channel>,
+    pub(crate) orders: OrdersClient<Channel>,
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: StreamConfig,
+    pub(crate) store: OrderStore,
+    sold_out: SoldOutFlags,
+    sold_out_seen: DashMap<String, Instant>,
+    sales: DashMap<String, SaleInfo>,
+    admission: DashMap<String, Admission>,
+    pub(crate) counters: DashMap<String, Arc<SaleCounters>>,
+}
+
+/// Cheap-to-clone handle on the gateway core.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("sales_cached", &self.inner.sales.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The services the gateway talks to.
+#[derive(Debug)]
+pub struct Backends {
+    /// The NATS client (JetStream publish, sold-out signals).
+    pub nats: async_nats::Client,
+    /// Sales in Postgres.
+    pub store: OrderStore,
+    /// The order stream's layout (subject prefix).
+    pub stream: StreamConfig,
+}
+
+fn channel(url: &str, timeout: Duration) -> Result<Channel, Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| Error::Config(format!("{url}: {e}")))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+impl Gateway {
+    /// A gateway over its backends; clients connect lazily and reconnect as needed.
+    pub async fn new(
+        config: Config,
+        backends: Backends,
+        request_timeout: Duration,
+    ) -> Result<Self, Error> {
+        let sold_out = SoldOutFlags::subscribe(&backends.nats, &config.signal_prefix)
+            .await
+            .map_err(|e| Error::Config(format!("subscribing to sold-out signals: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                inventory: InventoryClient::new(channel(&config.inventory_url, request_timeout)?),
+                orders: OrdersClient::new(channel(&config.orders_url, request_timeout)?),
+                js: jetstream::new(backends.nats),
+                stream: backends.stream,
+                store: backends.store,
+                sold_out,
+                sold_out_seen: DashMap::new(),
+                sales: DashMap::new(),
+                admission: DashMap::new(),
+                counters: DashMap::new(),
+                config,
+            }),
+        })
+    }
+
+    pub(crate) fn counters(&self, sale_id: &str) -> Arc<SaleCounters> {
+        if let Some(c) = self.inner.counters.get(sale_id) {
+            return c.clone();
+        }
+        self.inner
+            .counters
+            .entry(sale_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn count(&self, sale_id: &str, outcome: &Result<pb::PurchaseAccepted, Error>) {
+        let counters = self.counters(sale_id);
+        match outcome {
+            Ok(_) => {
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                counters
+                    .rejected
+                    .entry(e.reason_name())
+                    .or_default()
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The sale, from memory when read recently.
+    pub async fn sale(&self, sale_id: &str) -> Result<sales::Model, Error> {
+        if let Some(cached) = self.inner.sales.get(sale_id)
+            && cached.fetched.elapsed() < self.inner.config.sale_cache_ttl
+        {
+            return Ok(cached.row.clone());
+        }
+        let row = self.inner.store.sale(sale_id).await?;
+        self.inner.sales.insert(
+            sale_id.to_owned(),
+            SaleInfo {
+                row: row.clone(),
+                fetched: Instant::now(),
+            },
+        );
+        Ok(row)
+    }
+
+    /// Forgets a cached sale (after an admin change).
+    pub fn forget_sale(&self, sale_id: &str) {
+        self.inner.sales.remove(sale_id);
+    }
+
+    fn sold_out_in_memory(&self, sale_id: &str) -> bool {
+        self.inner.sold_out.is_sold_out(sale_id)
+            && self
+                .inner
+                .sold_out_seen
+                .get(sale_id)
+                .is_some_and(|seen| seen.elapsed() < self.inner.config.sold_out_ttl)
+    }
+
+    fn observe_stock(&self, sale_id: &str, available: u64) {
+        let sold_out = available == 0;
+        self.inner.sold_out.observe(sale_id, sold_out);
+        if sold_out {
+            self.inner
+                .sold_out_seen
+                .insert(sale_id.to_owned(), Instant::now());
+        }
+    }
+
+    fn admission(&self, sale_id: &str) -> Admission {
+        if let Some(a) = self.inner.admission.get(sale_id) {
+            return a.clone();
+        }
+        let gateway = self.clone();
+        let stack = ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(self.inner.config.max_in_flight_per_sale)
+            .service_fn(move |job: Job| {
+                let gateway = gateway.clone();
+                async move {
+                    gateway
+                        .reserve_and_publish(job)
+                        .await
+                        .map_err(BoxError::from)
+                }
+            });
+        self.inner
+            .admission
+            .entry(sale_id.to_owned())
+            .or_insert_with(|| BoxCloneSyncService::new(stack))
+            .clone()
+    }
+
+    /// Buys for `caller` (see the module docs for the path).
+    pub async fn purchase(
+        &self,
+        caller: &Caller,
+        request: pb::PurchaseRequest,
+    ) -> Result<pb::PurchaseAccepted, Error> {
+        rules::sale_id(&request.sale_id)?;
+        let sale_id = request.sale_id.clone();
+        let outcome = self.purchase_inner(caller, request).await;
+        self.count(&sale_id, &outcome);
+        outcome
+    }
+
+    async fn purchase_inner(
+        &self,
+        caller: &Caller,
+        request: pb::PurchaseRequest,
+    ) -> Result<pb::PurchaseAccepted, Error> {
+        rules::idempotency_key(&request.idempotency_key)?;
+        let quantity = if request.quantity == 0 {
+            1
+        } else {
+            request.quantity
+        };
+        if self.sold_out_in_memory(&request.sale_id) {
+            return Err(Error::SoldOut {
+                sale_id: request.sale_id,
+                retry_after: self.inner.config.sold_out_ttl.max(Duration::from_secs(1)),
+            });
+        }
+        let sale = Arc::new(self.sale(&request.sale_id).await?);
+        let job = Job {
+            sale,
+            user_id: caller.user_id.clone(),
+            quantity,
+            idempotency_key: request.idempotency_key,
+        };
+        let mut admission = self.admission(&request.sale_id);
+        // Load shedding: a full stack answers at once instead of queuing.
+        let ready = admission
+            .ready()
+            .await
+            .map_err(|e| self.unbox(e, &request.sale_id))?;
+        ready
+            .call(job)
+            .await
+            .map_err(|e| self.unbox(e, &request.sale_id))
+    }
+
+    fn unbox(&self, error: BoxError, sale_id: &str) -> Error {
+        if error.is::<tower::load_shed::error::Overloaded>() {
+            return Error::Overloaded(sale_id.to_owned());
+        }
+        match error.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(other) => Error::Config(other.to_string()),
+        }
+    }
+
+    async fn reserve_and_publish(&self, job: Job) -> Result<pb::PurchaseAccepted, Error> {
+        let sale = &job.sale;
+        let reserved = self
+            .inner
+            .inventory
+            .clone()
+            .reserve(pb::ReserveRequest {
+                sale_id: sale.sale_id.clone(),
+                user_id: job.user_id.clone(),
+                quantity: job.quantity,
+                idempotency_key: job.idempotency_key.clone(),
+            })
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::NotFound => Error::SaleNotFound(sale.sale_id.clone()),
+                _ => Error::Upstream(status),
+            })?
+            .into_inner();
+        self.observe_stock(&sale.sale_id, reserved.available);
+        match pb::ReserveOutcome::try_from(reserved.outcome) {
+            Ok(pb::ReserveOutcome::Reserved) => {}
+            Ok(pb::ReserveOutcome::SoldOut) => {
+                return Err(Error::SoldOut {
+                    sale_id: sale.sale_id.clone(),
+                    retry_after: self.inner.config.sold_out_ttl.max(Duration::from_secs(1)),
+                });
+            }
+            Ok(pb::ReserveOutcome::UserLimit) => {
+                return Err(Error::UserLimit(sale.sale_id.clone()));
+            }
+            Ok(pb::ReserveOutcome::NotActive) => {
+                return Err(Error::NotActive(sale.sale_id.clone()));
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "quantity",
+                    "is over the sale's per-user limit",
+                ));
+            }
+        }
+        let reservation = reserved.reservation.ok_or_else(|| {
+            Error::Upstream(tonic::Status::internal("RESERVED without a reservation"))
+        })?;
+        let created = reservation
+            .created_at
+            .as_ref()
+            .and_then(unix_ms)
+            .unwrap_or_default();
+        let pay_deadline = created + sale.payment_window_ms;
+        let accepted = pb::PurchaseAccepted {
+            order_id: reservation.reservation_id.clone(),
+            status: pb::OrderStatus::PendingPayment as i32,
+            pay_deadline: Some(timestamp(pay_deadline)),
+            quantity: reservation.quantity,
+            amount_minor: sale.unit_price_minor * i64::from(reservation.quantity),
+            duplicate: reserved.duplicate,
+        };
+        let state = pb::ReservationState::try_from(reservation.state).unwrap_or_default();
+        if reserved.duplicate {
+            match state {
+                // The first attempt may have died before its publish: publish again (JetStream
+                // and the consumer drop the copy if the first one got through).
+                pb::ReservationState::Held => {}
+                pb::ReservationState::Committed => return Ok(accepted),
+                _ => {
+                    return Err(Error::Duplicate {
+                        order_id: reservation.reservation_id,
+                    });
+                }
+            }
+        }
+        let event = pb::OrderRequested {
+            order_id: reservation.reservation_id.clone(),
+            sale_id: sale.sale_id.clone(),
+            user_id: job.user_id.clone(),
+            quantity: reservation.quantity,
+            unit_price_minor: sale.unit_price_minor,
+            currency: sale.currency.clone(),
+            requested_at: Some(timestamp(created)),
+            pay_deadline: Some(timestamp(pay_deadline)),
+            idempotency_key: reservation.idempotency_key.clone(),
+        };
+        match flashsale_orders::stream::publish_order(
+            &self.inner.js,
+            &self.inner.stream.subject_prefix,
+            &event,
+        )
+        .await
+        {
+            Ok(_) => Ok(accepted),
+            Err(publish_error) => {
+                tracing::warn!(order_id = %event.order_id, error = %publish_error, "publish failed; releasing the reservation");
+                let released = self
+                    .inner
+                    .inventory
+                    .clone()
+                    .release(pb::ReleaseRequest {
+                        sale_id: sale.sale_id.clone(),
+                        reservation_id: event.order_id.clone(),
+                        reason: pb::ReleaseReason::PublishFailed as i32,
+                    })
+                    .await;
+                if let Err(e) = released {
+                    // The hold expires by itself; the sweeper returns the units.
+                    tracing::warn!(order_id = %event.order_id, error = %e, "compensating release failed; the hold will expire");
+                }
+                Err(Error::QueueUnavailable(publish_error.to_string()))
+            }
+        }
+    }
+
+    /// A sale and its stock, for buyers.
+    pub async fn sale_view(&self, sale_id: &str) -> Result<pb::SaleView, Error> {
+        rules::sale_id(sale_id)?;
+        let sale = self.sale(sale_id).await?;
+        let stock = self
+            .inner
+            .inventory
+            .clone()
+            .get_stock(pb::GetStockRequest {
+                sale_id: sale_id.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .ok();
+        let sold_out = stock.as_ref().is_some_and(|s| s.available == 0);
+        Ok(pb::SaleView {
+            sale: Some(crate::sales::sale_pb(&sale)),
+            stock,
+            sold_out,
+        })
+    }
+
+    /// The caller's order (another buyer's is NOT_FOUND).
+    pub async fn order(&self, caller: &Caller, order_id: &str) -> Result<pb::Order, Error> {
+        let order = self.any_order(order_id).await?;
+        if order.user_id != caller.user_id {
+            return Err(Error::OrderNotFound(order_id.to_owned()));
+        }
+        Ok(order)
+    }
+
+    async fn any_order(&self, order_id: &str) -> Result<pb::Order, Error> {
+        rules::text_id("order_id", order_id)?;
+        let order = self
+            .inner
+            .orders
+            .clone()
+            .get_order(pb::GetOrderRequest {
+                order_id: order_id.to_owned(),
+            })
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::NotFound => Error::OrderNotFound(order_id.to_owned()),
+                _ => Error::Upstream(status),
+            })?
+            .into_inner();
+        Ok(order)
+    }
+
+    /// Follows the caller's order to its final status, waiting a little for a just-accepted
+    /// order to be persisted.
+    pub async fn watch(
+        &self,
+        caller: &Caller,
+        order_id: &str,
+    ) -> Result<tonic::codec::Streaming<pb::Order>, Error> {
+        let deadline = Instant::now() + self.inner.config.watch_wait;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            match self.any_order(order_id).await {
+                Ok(order) if order.user_id == caller.user_id => break,
+                // Someone else's order: not found, without waiting for it.
+                Ok(_) => return Err(Error::OrderNotFound(order_id.to_owned())),
+                Err(Error::OrderNotFound(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self
+            .inner
+            .orders
+            .clone()
+            .watch_order(pb::WatchOrderRequest {
+                order_id: order_id.to_owned(),
+            })
+            .await
+            .map_err(Error::Upstream)?
+            .into_inner())
+    }
+
+    /// Sales by start time, a page at a time.
+    pub async fn list_sales(
+        &self,
+        request: pb::ListSalesRequest,
+    ) -> Result<pb::ListSalesResponse, Error> {
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+        let size = match request.page_size {
+            0 => 50,
+            n if n <= 200 => n,
+            n => return Err(Error::invalid("page_size", format!("{n} is above 200"))),
+        };
+        let wanted = match pb::SaleState::try_from(request.state) {
+            Ok(pb::SaleState::Unspecified) => None,
+            Ok(state) => Some(state),
+            Err(_) => {
+                return Err(Error::invalid(
+                    "state",
+                    format!("{} is not a SaleState", request.state),
+                ));
+            }
+        };
+        let bad_token = || Error::invalid("page_token", "is not a token this service issued");
+        let mut after = match request.page_token.as_str() {
+            "" => None,
+            token => {
+                let raw =
+                    String::from_utf8(URL_SAFE_NO_PAD.decode(token).map_err(|_| bad_token())?)
+                        .map_err(|_| bad_token())?;
+                let (starts, id) = raw.split_once(':').ok_or_else(bad_token)?;
+                Some((
+                    flashsale_orders::convert::utc(starts.parse().map_err(|_| bad_token())?),
+                    id.to_owned(),
+                ))
+            }
+        };
+        let now = flashsale_proto::time::now_ms();
+        let read = u64::from(size) * 2;
+        let mut sales: Vec<pb::Sale> = Vec::new();
+        let mut next_page_token = String::new();
+        // The state depends on the clock, so it is filtered after reading; read until the page
+        // fills or the table ends.
+        'pages: loop {
+            let batch = self.inner.store.list_sales(read, after.clone()).await?;
+            let exhausted = (batch.len() as u64) < read;
+            for sale in batch {
+                after = Some((sale.starts_at, sale.sale_id.clone()));
+                if wanted.is_some_and(|w| crate::sales::state(&sale, now) != w) {
+                    continue;
+                }
+                if sales.len() == size as usize {
+                    let last = &sales[sales.len() - 1];
+                    let last_starts = last
+                        .starts_at
+                        .as_ref()
+                        .and_then(unix_ms)
+                        .unwrap_or_default();
+                    next_page_token =
+                        URL_SAFE_NO_PAD.encode(format!("{last_starts}:{}", last.sale_id));
+                    break 'pages;
+                }
+                sales.push(crate::sales::sale_pb(&sale));
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(pb::ListSalesResponse {
+            sales,
+            next_page_token,
+        })
+    }
+}

@@ -1,0 +1,148 @@
+//! Sales as the gateway sees them: validation for CreateSale, conversions between the `sales`
+//! row and protobuf, and the state a sale is in.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use flashsale_orders::{
+    convert::{ms, utc},
+    entity::sales,
+};
+use flashsale_proto::{
+    rules,
+    time::{duration, duration_ms, timestamp, unix_ms},
+    v1 as pb,
+};
+
+use crate::Error;
+
+/// Default time a reservation is held before its order is persisted.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(60);
+/// Default time a buyer has to pay.
+pub const DEFAULT_PAYMENT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Most units per sale.
+pub const MAX_STOCK: u64 = flashsale_inventory::model::MAX_STOCK;
+
+/// A sale's lifecycle state at `now_ms`.
+pub fn state(sale: &sales::Model, now_ms: i64) -> pb::SaleState {
+    if sale.ended_at.is_some() || ms(sale.ends_at) <= now_ms {
+        pb::SaleState::Ended
+    } else if ms(sale.starts_at) > now_ms {
+        pb::SaleState::Scheduled
+    } else {
+        pb::SaleState::Active
+    }
+}
+
+/// A sale row as protobuf.
+pub fn sale_pb(sale: &sales::Model) -> pb::Sale {
+    pb::Sale {
+        sale_id: sale.sale_id.clone(),
+        name: sale.name.clone(),
+        stock: sale.stock as u64,
+        per_user_limit: sale.per_user_limit as u32,
+        unit_price_minor: sale.unit_price_minor,
+        currency: sale.currency.clone(),
+        starts_at: Some(timestamp(ms(sale.starts_at))),
+        ends_at: Some(timestamp(ms(sale.ends_at))),
+        reservation_hold: Some(duration(sale.reservation_hold_ms as u64)),
+        payment_window: Some(duration(sale.payment_window_ms as u64)),
+        state: state(sale, flashsale_proto::time::now_ms()) as i32,
+    }
+}
+
+/// Checks a CreateSale request and makes the row (assigning an id when none is given).
+pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
+    let sale_id = if sale.sale_id.is_empty() {
+        format!("sale-{}", uuid::Uuid::now_v7())
+    } else {
+        sale.sale_id.clone()
+    };
+    rules::sale_id(&sale_id)?;
+    if sale.name.is_empty() || sale.name.len() > 256 || sale.name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "name",
+            "must be 1..=256 bytes without control characters",
+        ));
+    }
+    if !(1..=MAX_STOCK).contains(&sale.stock) {
+        return Err(Error::invalid(
+            "stock",
+            format!("{} is outside 1..={MAX_STOCK}", sale.stock),
+        ));
+    }
+    if sale.per_user_limit == 0 || u64::from(sale.per_user_limit) > sale.stock {
+        return Err(Error::invalid("per_user_limit", "must be within 1..=stock"));
+    }
+    if !(0..=1_000_000_000_000).contains(&sale.unit_price_minor) {
+        return Err(Error::invalid(
+            "unit_price_minor",
+            "must be within 0..=10^12",
+        ));
+    }
+    if sale.currency.len() != 3 || !sale.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Error::invalid(
+            "currency",
+            "must be an ISO 4217 code like CNY",
+        ));
+    }
+    let starts = sale
+        .starts_at
+        .as_ref()
+        .and_then(unix_ms)
+        .ok_or_else(|| Error::invalid("starts_at", "is required"))?;
+    let ends = sale
+        .ends_at
+        .as_ref()
+        .and_then(unix_ms)
+        .ok_or_else(|| Error::invalid("ends_at", "is required"))?;
+    if ends <= starts {
+        return Err(Error::invalid("ends_at", "must be after starts_at"));
+    }
+    if ends <= flashsale_proto::time::now_ms() {
+        return Err(Error::invalid("ends_at", "is in the past"));
+    }
+    let hold = optional_duration(
+        "reservation_hold",
+        sale.reservation_hold.as_ref(),
+        DEFAULT_HOLD,
+    )?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&hold) {
+        return Err(Error::invalid("reservation_hold", "must be within 1s..=1h"));
+    }
+    let window = optional_duration(
+        "payment_window",
+        sale.payment_window.as_ref(),
+        DEFAULT_PAYMENT_WINDOW,
+    )?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&window) {
+        return Err(Error::invalid("payment_window", "must be within 1s..=24h"));
+    }
+    Ok(sales::Model {
+        sale_id,
+        name: sale.name.clone(),
+        stock: sale.stock as i64,
+        per_user_limit: sale.per_user_limit as i32,
+        unit_price_minor: sale.unit_price_minor,
+        currency: sale.currency.clone(),
+        starts_at: utc(starts),
+        ends_at: utc(ends),
+        reservation_hold_ms: hold.as_millis() as i64,
+        payment_window_ms: window.as_millis() as i64,
+        ended_at: None,
+        created_at: Utc::now(),
+    })
+}
+
+fn optional_duration(
+    field: &'static str,
+    value: Option<&prost_types::Duration>,
+    default: Duration,
+) -> Result<Duration, Error> {
+    match value {
+        None => Ok(default),
+        Some(d) => duration_ms(d)
+            .map(Duration::from_millis)
+            .ok_or_else(|| Error::invalid(field, "must not be negative")),
+    }
+}
