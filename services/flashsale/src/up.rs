@@ -49,7 +49,12 @@ async fn connect(addr: SocketAddr) -> Result<Channel> {
 }
 
 pub(crate) async fn run(args: UpArgs, mut config: MeshConfig) -> Result<()> {
-    let _telemetry = telemetry::init("flashsale-up", &config.telemetry);
+    // The demo prints its own story; service logs only for what goes wrong, unless asked.
+    let mut logs = config.telemetry.clone();
+    if logs.log_level == flashsale_runtime::telemetry::TelemetryConfig::default().log_level {
+        logs.log_level = "warn".into();
+    }
+    let _telemetry = telemetry::init("flashsale-up", &logs);
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
 
     println!("flashsale mesh: starting on loopback");
