@@ -80,7 +80,11 @@ async fn a_whole_flash_sale_keeps_every_invariant() {
     // Demand far above stock sells it all; on a slow run some orders expire during the sale and
     // their units sell again, so buyers may have been granted more than 500 in all (never more
     // than 500 at once: the audit below checks what is held and sold).
-    assert!(units >= 500, "the stock sells out: {units} units, {:?}", report.rejected);
+    assert!(
+        units >= 500,
+        "the stock sells out: {units} units, {:?}",
+        report.rejected
+    );
     assert!(
         report.rejected.get("SOLD_OUT").copied().unwrap_or(0) > 10_000,
         "{:?}",
