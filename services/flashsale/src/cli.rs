@@ -52,6 +52,9 @@ pub(crate) enum Command {
     Migrate,
     /// Mint a development token (HS256 with the configured secret) for a buyer or an operator.
     Token(TokenArgs),
+    /// Run a whole flash sale under load against a mesh it starts, with baselines measured in
+    /// the same run, and write a report (text and HTML with plots).
+    Bench(BenchArgs),
     /// Operate sales on a running gateway (needs an admin token; minted from the configured
     /// secret when none is given).
     #[command(subcommand)]
@@ -244,4 +247,65 @@ pub(crate) enum SaleCommand {
 pub(crate) enum ConfigCommand {
     /// Load and validate the configuration, then print it (secrets redacted).
     Check,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// `quick` (1,000 units, 10,000 buyers, 50,000 attempts) or `standard` (10,000 units,
+    /// 200,000 buyers, 1,000,000 attempts).
+    #[arg(long, default_value = "quick")]
+    pub(crate) scenario: String,
+
+    /// Units for sale (overrides the scenario).
+    #[arg(long)]
+    pub(crate) stock: Option<u64>,
+
+    /// Distinct buyers (overrides the scenario).
+    #[arg(long)]
+    pub(crate) users: Option<u32>,
+
+    /// Purchase attempts (overrides the scenario).
+    #[arg(long)]
+    pub(crate) attempts: Option<u32>,
+
+    /// Most units per buyer.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) limit: u32,
+
+    /// Attempts in flight (closed loop), or the bound on them (open loop).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) concurrency: usize,
+
+    /// Send at this many attempts per second whatever the answers (open loop); latency is
+    /// measured from each attempt's intended send time.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+
+    /// Open-loop arrival shape: steady, all-at-once, ramp:DURATION, bursts:EVERY/LASTING.
+    #[arg(long, default_value = "steady")]
+    pub(crate) arrival: String,
+
+    /// Share of attempts that reuse the buyer's previous idempotency key.
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) duplicate_ratio: f64,
+
+    /// Retries of a shed or unavailable attempt.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) retries: u32,
+
+    /// Share of accepted orders paid.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) pay_ratio: f64,
+
+    /// Baselines to measure: all, none, or a comma list of echo, naive-postgres, redis-script.
+    #[arg(long, default_value = "all")]
+    pub(crate) baseline: String,
+
+    /// Length of the open-loop run at half the peak rate (0s skips it).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub(crate) half_peak: std::time::Duration,
+
+    /// Where the report goes (default target/bench/<scenario>-<time>).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
 }

@@ -4,6 +4,7 @@
 //! hands over to the command. Configuration errors print one line naming the key and exit 2.
 
 mod admin;
+mod bench;
 mod cli;
 mod config;
 mod local;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args, config).await,
             Command::Migrate => serve::migrate(config).await,
             Command::Token(args) => admin::token(&args, &config),
+            Command::Bench(args) => Box::pin(bench::run(args, config)).await,
             Command::Sale(command) => admin::sale(command, &config).await,
             Command::Config(_) => Ok(()),
         }

@@ -249,14 +249,6 @@ async fn demo(
     };
     let audit = flashsale_loadgen::audit(&sources, &sale, &report, Duration::from_secs(60)).await;
 
-    let mut latencies = report.latencies.clone();
-    latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
     println!(
         "\nOutcome ({:.1} s, {:.0} attempts/s):",
         report.elapsed.as_secs_f64(),
@@ -274,9 +266,9 @@ async fn demo(
     println!("  paid                {:>7}", paid.len());
     println!(
         "  latency p50 {:?}  p99 {:?}  max {:?}",
-        pct(0.5),
-        pct(0.99),
-        latencies.last().copied().unwrap_or_default()
+        report.latency(0.5),
+        report.latency(0.99),
+        report.latency(1.0)
     );
     if let Some(s) = &audit.stock {
         println!(

@@ -72,8 +72,94 @@ pub struct Accepted {
     pub quantity: u32,
 }
 
+/// How attempts are sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// N buyers at a time, each sending the next attempt when the last is answered.
+    Closed {
+        /// Attempts in flight.
+        concurrency: usize,
+    },
+    /// Attempts sent on a schedule whatever the answers (latency is measured from the intended
+    /// send time, so a slow system cannot hide its queueing: no coordinated omission).
+    Open {
+        /// Mean attempts per second.
+        rate: f64,
+        /// The schedule's shape.
+        arrival: Arrival,
+        /// A safety bound on attempts in flight (a late send still counts from its intended
+        /// time).
+        max_in_flight: usize,
+    },
+}
+
+/// The shape of an open-loop schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrival {
+    /// Evenly spaced at the rate.
+    Steady,
+    /// Everyone at the same instant: the moment a flash sale opens.
+    AllAtOnce,
+    /// The rate grows linearly from zero to the target over this long, then holds.
+    Ramp(Duration),
+    /// On/off: within every `every`, all of it arrives in the first `lasting` (same mean rate).
+    Bursts {
+        /// Period.
+        every: Duration,
+        /// Burst length within each period.
+        lasting: Duration,
+    },
+}
+
+/// Intended send times (offsets from the start) of `n` attempts.
+pub fn schedule(n: u32, rate: f64, arrival: Arrival) -> Vec<Duration> {
+    let rate = rate.max(f64::MIN_POSITIVE);
+    (0..n)
+        .map(|i| {
+            let k = f64::from(i);
+            let secs = match arrival {
+                Arrival::Steady => k / rate,
+                Arrival::AllAtOnce => 0.0,
+                Arrival::Ramp(ramp) => {
+                    let d = ramp.as_secs_f64();
+                    let during = rate * d / 2.0;
+                    if k < during {
+                        (2.0 * k * d / rate).sqrt()
+                    } else {
+                        d + (k - during) / rate
+                    }
+                }
+                Arrival::Bursts { every, lasting } => {
+                    let per_period = rate * every.as_secs_f64();
+                    let period = (k / per_period).floor();
+                    let within = k - period * per_period;
+                    period * every.as_secs_f64() + within / per_period * lasting.as_secs_f64()
+                }
+            };
+            Duration::from_secs_f64(secs)
+        })
+        .collect()
+}
+
+/// One second of a run, by completion time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tick {
+    /// Seconds since the start.
+    pub second: u32,
+    /// Attempts answered in this second.
+    pub completed: u64,
+    /// Of those, accepted.
+    pub accepted: u64,
+    /// Of those, refused.
+    pub rejected: u64,
+    /// Median latency of those answers, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: u64,
+}
+
 /// What the buyers saw.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Report {
     /// Accepted purchases, one per distinct order id.
     pub accepted: Vec<Accepted>,
@@ -85,8 +171,15 @@ pub struct Report {
     pub attempts: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Latency of each attempt (final answer, retries included).
-    pub latencies: Vec<Duration>,
+    /// Latency of each attempt (final answer, retries included), microseconds, from its
+    /// intended send time.
+    pub histogram: hdrhistogram::Histogram<u64>,
+    /// Per-second figures.
+    pub timeline: Vec<Tick>,
+    /// When the first SOLD_OUT answer came.
+    pub first_sold_out: Option<Duration>,
+    /// When the last new purchase was accepted (repeats of earlier ones not counted).
+    pub last_accepted: Option<Duration>,
 }
 
 impl Report {
@@ -94,6 +187,20 @@ impl Report {
     pub fn accepted_per_second(&self) -> f64 {
         self.accepted.len() as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
+
+    /// Attempts answered per second over the run.
+    pub fn attempts_per_second(&self) -> f64 {
+        self.attempts as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// Latency at a quantile.
+    pub fn latency(&self, quantile: f64) -> Duration {
+        Duration::from_micros(self.histogram.value_at_quantile(quantile))
+    }
+}
+
+fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
 struct Buyers {
@@ -128,11 +235,10 @@ struct Plan {
     key: String,
 }
 
-/// Fires the scenario's attempts at `target` (the gateway or its sidecar).
-pub async fn drive(target: Channel, signer: Signer, sale_id: &str, scenario: &Scenario) -> Report {
+fn plans(scenario: &Scenario) -> Vec<Plan> {
     let mut rng = StdRng::seed_from_u64(scenario.seed);
     let mut last_key: HashMap<u32, String> = HashMap::new();
-    let plans: Vec<Plan> = (0..scenario.attempts)
+    (0..scenario.attempts)
         .map(|i| {
             let user = rng.random_range(0..scenario.users.max(1));
             let key = match last_key.get(&user) {
@@ -144,36 +250,140 @@ pub async fn drive(target: Channel, signer: Signer, sale_id: &str, scenario: &Sc
             last_key.insert(user, key.clone());
             Plan { user, key }
         })
-        .collect();
+        .collect()
+}
+
+/// Fires the scenario's attempts at `target` (the gateway or its sidecar), closed-loop with the
+/// scenario's concurrency.
+pub async fn drive(target: Channel, signer: Signer, sale_id: &str, scenario: &Scenario) -> Report {
+    run(
+        target,
+        signer,
+        sale_id,
+        scenario,
+        Load::Closed {
+            concurrency: scenario.concurrency,
+        },
+        None,
+    )
+    .await
+}
+
+/// Fires the scenario's attempts with the given load; `progress` counts answers as they come.
+pub async fn run(
+    target: Channel,
+    signer: Signer,
+    sale_id: &str,
+    scenario: &Scenario,
+    load: Load,
+    progress: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> Report {
+    let plans = plans(scenario);
     let buyers = Arc::new(Buyers {
         signer,
         tokens: Mutex::new(HashMap::new()),
     });
     let started = Instant::now();
-    let answers: Vec<(Duration, Answer)> = futures::stream::iter(plans)
-        .map(|plan| {
-            let (buyers, target, sale_id) = (buyers.clone(), target.clone(), sale_id.to_owned());
-            let (quantity, retries) = (scenario.quantity, scenario.retries);
+    let (quantity, retries) = (scenario.quantity, scenario.retries);
+    // (completed at, latency, answer)
+    let one = {
+        let (buyers, target, sale_id) = (buyers.clone(), target.clone(), sale_id.to_owned());
+        let progress = progress.clone();
+        move |plan: Plan, intended: Instant| {
+            let (buyers, target, sale_id, progress) = (
+                buyers.clone(),
+                target.clone(),
+                sale_id.clone(),
+                progress.clone(),
+            );
             async move {
-                let begun = Instant::now();
                 let answer = attempt(target, &buyers, &sale_id, &plan, quantity, retries).await;
-                (begun.elapsed(), answer.map(|a| (user_id(plan.user), a)))
+                let done = Instant::now();
+                if let Some(p) = &progress {
+                    p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                (
+                    done - started,
+                    done - intended,
+                    answer.map(|a| (user_id(plan.user), a)),
+                )
             }
-        })
-        .buffer_unordered(scenario.concurrency.max(1))
-        .collect()
-        .await;
+        }
+    };
+    let answers: Vec<(Duration, Duration, Answer)> = match load {
+        Load::Closed { concurrency } => {
+            futures::stream::iter(plans)
+                .map(|plan| one(plan, Instant::now()))
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await
+        }
+        Load::Open {
+            rate,
+            arrival,
+            max_in_flight,
+        } => {
+            let times = schedule(scenario.attempts, rate, arrival);
+            let gate = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+            let mut tasks = tokio::task::JoinSet::new();
+            for (plan, at) in plans.into_iter().zip(times) {
+                let intended = started + at;
+                tokio::time::sleep_until(intended.into()).await;
+                let permit = gate
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closes");
+                let task = one(plan, intended);
+                tasks.spawn(async move {
+                    let result = task.await;
+                    drop(permit);
+                    result
+                });
+            }
+            let mut answers = Vec::with_capacity(scenario.attempts as usize);
+            while let Some(result) = tasks.join_next().await {
+                if let Ok(answer) = result {
+                    answers.push(answer);
+                }
+            }
+            answers
+        }
+    };
+
     let mut report = Report {
+        accepted: Vec::new(),
+        duplicates_answered: 0,
+        rejected: BTreeMap::new(),
         attempts: u64::from(scenario.attempts),
         elapsed: started.elapsed(),
-        ..Report::default()
+        histogram: histogram(),
+        timeline: Vec::new(),
+        first_sold_out: None,
+        last_accepted: None,
     };
+    let mut seconds: BTreeMap<u32, (Tick, hdrhistogram::Histogram<u64>)> = BTreeMap::new();
     let mut seen = HashSet::new();
-    for (latency, answer) in answers {
-        report.latencies.push(latency);
+    for (at, latency, answer) in answers {
+        let micros = (latency.as_micros() as u64).clamp(1, 120_000_000);
+        report.histogram.saturating_record(micros);
+        let second = at.as_secs() as u32;
+        let (tick, hist) = seconds.entry(second).or_insert_with(|| {
+            (
+                Tick {
+                    second,
+                    ..Tick::default()
+                },
+                histogram(),
+            )
+        });
+        tick.completed += 1;
+        hist.saturating_record(micros);
         match answer {
             Ok((user, accepted)) => {
+                tick.accepted += 1;
                 if seen.insert(accepted.order_id.clone()) {
+                    report.last_accepted = report.last_accepted.max(Some(at));
                     report.accepted.push(Accepted {
                         order_id: accepted.order_id,
                         user_id: user,
@@ -183,9 +393,23 @@ pub async fn drive(target: Channel, signer: Signer, sale_id: &str, scenario: &Sc
                     report.duplicates_answered += 1;
                 }
             }
-            Err(reason) => *report.rejected.entry(reason).or_default() += 1,
+            Err(reason) => {
+                tick.rejected += 1;
+                if reason == "SOLD_OUT" {
+                    report.first_sold_out = Some(report.first_sold_out.map_or(at, |f| f.min(at)));
+                }
+                *report.rejected.entry(reason).or_default() += 1;
+            }
         }
     }
+    report.timeline = seconds
+        .into_values()
+        .map(|(mut tick, hist)| {
+            tick.p50_us = hist.value_at_quantile(0.5);
+            tick.p99_us = hist.value_at_quantile(0.99);
+            tick
+        })
+        .collect();
     report
 }
 

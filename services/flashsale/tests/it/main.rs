@@ -1,5 +1,6 @@
 //! Tests of the real `flashsale` binary.
 
+mod bench;
 mod config;
 mod e2e;
 mod mesh;
