@@ -10,6 +10,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== benchmarks build"
+cargo bench --workspace --no-run --locked --quiet
 echo "== doc tests"
 cargo test --workspace --doc --locked --quiet
 echo "== cargo nextest"
