@@ -23,6 +23,7 @@
 pub mod config;
 mod error;
 pub mod grpc;
+mod metrics;
 pub mod model;
 pub mod signal;
 pub mod store;

@@ -133,7 +133,9 @@ impl Inventory {
         let call = script.evalsha_with_reload::<Value, _, _>(client, sale_keys(sale_id), args);
         let value = tokio::time::timeout(self.inner.timeout, call)
             .await
-            .map_err(|_| Error::Timeout(self.inner.timeout))??;
+            .map_err(|_| Error::Timeout(self.inner.timeout))
+            .and_then(|r| r.map_err(Error::from))
+            .inspect_err(|_| crate::metrics::redis_error())?;
         match value {
             Value::Array(items) => Ok(items),
             other => Err(Error::Protocol(format!("expected an array, got {other:?}"))),
@@ -194,6 +196,28 @@ impl Inventory {
 
     /// Tries to reserve units (see [`Outcome`] for the answers that are not errors).
     pub async fn reserve(&self, request: &ReserveRequest) -> Result<Reserved, Error> {
+        let started = std::time::Instant::now();
+        let reserved = self.reserve_inner(request).await;
+        let outcome = match &reserved {
+            Ok(r) => match r.outcome {
+                Outcome::Reserved {
+                    duplicate: false, ..
+                } => "reserved",
+                Outcome::Reserved {
+                    duplicate: true, ..
+                } => "duplicate",
+                Outcome::SoldOut => "sold_out",
+                Outcome::UserLimit => "user_limit",
+                Outcome::NotActive => "not_active",
+                Outcome::QuantityOverLimit => "invalid",
+            },
+            Err(_) => "error",
+        };
+        crate::metrics::reserve(outcome, started.elapsed().as_secs_f64());
+        reserved
+    }
+
+    async fn reserve_inner(&self, request: &ReserveRequest) -> Result<Reserved, Error> {
         request.validate()?;
         let reservation_id = uuid::Uuid::now_v7().to_string();
         let args = vec![

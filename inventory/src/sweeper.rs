@@ -39,10 +39,14 @@ pub async fn sweep_once(inventory: &Inventory, batch: u32) -> Result<SweepReport
             report.released += expired.released.len();
             if expired.finished {
                 inventory.forget_finished(&sale_id).await?;
+                crate::metrics::forget(&sale_id);
             }
             if expired.released.len() < batch as usize {
                 break;
             }
+        }
+        if let Ok(level) = inventory.stock(&sale_id).await {
+            crate::metrics::stock(&sale_id, level);
         }
     }
     Ok(report)

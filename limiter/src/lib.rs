@@ -23,6 +23,7 @@ pub mod global;
 pub mod layer;
 pub mod limiter;
 pub mod local;
+mod metrics;
 pub mod rls;
 pub mod rules;
 pub mod sidecar;

@@ -129,8 +129,9 @@ struct Inner {
     local: LocalLimits,
     fallback: LocalLimits,
     global: Option<GlobalLimits>,
-    stats: Stats,
+    stats: Arc<Stats>,
     config: Config,
+    _metrics: crate::metrics::Registered,
 }
 
 /// Cheap-to-clone handle on the limiter core.
@@ -196,6 +197,7 @@ impl Limiter {
             rules = rules.domains().map(|d| d.rules().len()).sum::<usize>(),
             "limit rules loaded"
         );
+        let stats = Arc::new(Stats::default());
         Self {
             inner: Arc::new(Inner {
                 rules: ArcSwap::from_pointee(rules),
@@ -203,7 +205,8 @@ impl Limiter {
                 local: LocalLimits::default(),
                 fallback: LocalLimits::default(),
                 global,
-                stats: Stats::default(),
+                _metrics: crate::metrics::register(stats.clone()),
+                stats,
                 config: config.clone(),
             }),
         }

@@ -39,6 +39,8 @@ async fn forward(
             );
         }
     }
+    // The upstream's span becomes a child of this proxy's span.
+    flashsale_runtime::trace::inject_http(request.headers_mut());
     match client.request(request).await {
         Ok(response) => Ok(response.map(tonic::body::Body::new)),
         Err(e) => {
@@ -99,6 +101,7 @@ pub async fn serve(
                 request.extensions_mut().insert(PeerAddr(peer));
                 request
             })
+            .layer(flashsale_runtime::trace::ServerTraceLayer)
             .layer(layer.clone())
             .service(service_fn(move |request: http::Request<Incoming>| {
                 forward(client.clone(), upstream.clone(), request)

@@ -92,7 +92,18 @@ impl Consumer {
         };
         tracing::info!(stream = %self.config.stream.name, consumer = %self.config.stream.consumer, "order consumer running");
         let mut idle_backoff = Duration::from_millis(100);
+        let mut lag_read = tokio::time::Instant::now() - Duration::from_secs(60);
+        let mut consumer = consumer;
         while !shutdown.is_triggered() {
+            if lag_read.elapsed() >= Duration::from_secs(2) {
+                if let Ok(info) = consumer.info().await {
+                    let lag = info.num_pending + info.num_ack_pending as u64;
+                    crate::metrics::get()
+                        .lag
+                        .store(lag, std::sync::atomic::Ordering::Relaxed);
+                }
+                lag_read = tokio::time::Instant::now();
+            }
             let batch = tokio::select! {
                 batch = self.fetch(&consumer) => batch,
                 () = shutdown.wait() => break,
@@ -136,12 +147,53 @@ impl Consumer {
     }
 
     /// Handles one batch end to end (public for tests and benchmarks).
+    ///
+    /// The batch runs in one consumer span: a child of the first event's trace (so a lone
+    /// purchase is one trace from the gateway to Postgres and back to the inventory), linked to
+    /// the traces of the others.
     pub async fn process(&self, batch: Vec<Message>, shutdown: &Shutdown) -> BatchReport {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing::Instrument;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let span = tracing::info_span!(
+            "orders process",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.batch.message_count = batch.len(),
+        );
+        let mut parented = false;
+        for message in &batch {
+            let context = flashsale_runtime::trace::extract(message.headers.as_ref());
+            let remote = context.span().span_context().clone();
+            if !remote.is_valid() {
+                continue;
+            }
+            if parented {
+                span.add_link(remote);
+            } else {
+                let _ = span.set_parent(context);
+                parented = true;
+            }
+        }
+        self.process_batch(batch, shutdown).instrument(span).await
+    }
+
+    async fn process_batch(&self, batch: Vec<Message>, shutdown: &Shutdown) -> BatchReport {
         let started = tokio::time::Instant::now();
         let mut report = BatchReport {
             fetched: batch.len(),
             ..BatchReport::default()
         };
+        let metrics = crate::metrics::get();
+        metrics.batch_size.record(batch.len() as u64, &[]);
+        let redelivered = batch
+            .iter()
+            .filter(|m| m.info().is_ok_and(|i| i.delivered > 1))
+            .count();
+        if redelivered > 0 {
+            metrics.redeliveries.add(redelivered as u64, &[]);
+        }
         let mut valid = Vec::with_capacity(batch.len());
         for message in batch {
             match decode(&message) {
@@ -179,12 +231,7 @@ impl Consumer {
         let new_orders: Vec<orders::Model> = written
             .iter()
             .filter(|i| inserted.contains(&i.event.order_id))
-            .map(|item| {
-                let span = tracing::info_span!("order persisted", order_id = %item.event.order_id);
-                flashsale_runtime::trace::follow(&span, item.message.headers.as_ref());
-                span.in_scope(|| tracing::debug!("persisted"));
-                row(&item.event)
-            })
+            .map(|item| row(&item.event))
             .collect();
         futures::stream::iter(&new_orders)
             .for_each_concurrent(64, |order| self.pipeline.events.publish(order))
@@ -271,7 +318,27 @@ impl Consumer {
             .filter(|v| !unknown.contains(&v.event.sale_id))
             .map(|v| row(&v.event).into_active_model())
             .collect();
-        let inserted = self.pipeline.store.insert_batch(rows).await?;
+        let span = tracing::info_span!(
+            "INSERT orders",
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = "orders",
+        );
+        let started = std::time::Instant::now();
+        let inserted = {
+            use tracing::Instrument;
+            self.pipeline
+                .store
+                .insert_batch(rows)
+                .instrument(span)
+                .await
+                .inspect_err(|_| crate::metrics::backend_error("postgres", "order-consumer"))?
+        };
+        crate::metrics::get()
+            .commit
+            .record(started.elapsed().as_secs_f64(), &[]);
+        crate::metrics::orders("pending_payment", inserted.len() as u64);
         Ok((inserted, unknown))
     }
 
@@ -292,8 +359,10 @@ impl Consumer {
                 flashsale_proto::time::now_ms(),
             )),
         };
+        let reason = letter.reason.clone();
         match stream::dead_letter(&self.js, &self.config.stream, letter).await {
             Ok(()) => {
+                crate::metrics::dead_letter(&reason);
                 if let Err(e) = message.ack().await {
                     tracing::warn!(error = %e, "ack of a dead-lettered event failed");
                 }

@@ -195,6 +195,7 @@ impl Orders for OrdersApi {
             )
             .await?;
         if changed {
+            crate::metrics::orders("paid", 1);
             self.pipeline.events.publish(&order).await;
             if let Err(e) = self.pipeline.sync_inventory(&order).await {
                 tracing::warn!(order_id = %order.order_id, error = %e, "confirm deferred to the lifecycle worker");
@@ -216,6 +217,7 @@ impl Orders for OrdersApi {
             .cancel(&request.order_id, &request.user_id)
             .await?;
         if changed {
+            crate::metrics::orders("cancelled", 1);
             self.pipeline.events.publish(&order).await;
             if let Err(e) = self.pipeline.sync_inventory(&order).await {
                 tracing::warn!(order_id = %order.order_id, error = %e, "release deferred to the lifecycle worker");

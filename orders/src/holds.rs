@@ -8,7 +8,8 @@ use flashsale_proto::{
     v1::{self as pb, inventory_client::InventoryClient},
 };
 use flashsale_runtime::status::reason_of;
-use tonic::{Code, transport::Channel};
+use flashsale_runtime::trace::TracedChannel;
+use tonic::Code;
 
 use crate::{
     Error,
@@ -28,17 +29,20 @@ pub enum HoldOutcome {
 /// A client of the Inventory service.
 #[derive(Debug, Clone)]
 pub struct InventoryHolds {
-    client: InventoryClient<Channel>,
+    client: InventoryClient<TracedChannel>,
 }
 
 impl InventoryHolds {
     /// A client of the inventory at `url`; connects on first use and reconnects as needed.
     pub fn connect_lazy(url: &str, timeout: Duration) -> Result<Self, Error> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::invalid("inventory_url", e.to_string()))?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy();
+        let channel = TracedChannel::new(
+            tonic::transport::Endpoint::from_shared(url.to_owned())
+                .map_err(|e| Error::invalid("inventory_url", e.to_string()))?
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        );
         Ok(Self {
             client: InventoryClient::new(channel),
         })

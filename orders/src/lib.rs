@@ -25,6 +25,7 @@ pub mod events;
 pub mod grpc;
 pub mod holds;
 pub mod lifecycle;
+mod metrics;
 pub mod migration;
 pub mod pipeline;
 pub mod store;

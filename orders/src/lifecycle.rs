@@ -26,6 +26,7 @@ pub async fn pass(pipeline: &Pipeline, batch: u64, lease: Duration) -> Result<Pa
     let mut report = PassReport::default();
     let expired = pipeline.store.expire_due(batch).await?;
     report.expired = expired.len();
+    crate::metrics::orders("expired", expired.len() as u64);
     for order in &expired {
         pipeline.events.publish(order).await;
         if let Err(e) = pipeline.sync_inventory(order).await {

@@ -81,20 +81,33 @@ pub async fn publish_order(
     subject_prefix: &str,
     event: &OrderRequested,
 ) -> Result<Published, Error> {
+    use tracing::Instrument;
+    let subject = format!("{subject_prefix}.{}", event.sale_id);
+    let span = tracing::info_span!(
+        "orders publish",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "publish",
+        messaging.destination.name = %subject,
+        messaging.message.id = %event.order_id,
+    );
     let mut headers = HeaderMap::new();
     headers.insert(MSG_ID_HEADER, event.order_id.as_str());
-    flashsale_runtime::trace::inject(&mut headers);
-    let subject = format!("{subject_prefix}.{}", event.sale_id);
-    let ack = js
-        .publish_with_headers(subject, headers, event.encode_to_vec().into())
-        .await
-        .map_err(Error::nats)?
-        .await
-        .map_err(Error::nats)?;
-    Ok(Published {
-        sequence: ack.sequence,
-        duplicate: ack.duplicate,
-    })
+    span.in_scope(|| flashsale_runtime::trace::inject(&mut headers));
+    async {
+        let ack = js
+            .publish_with_headers(subject, headers, event.encode_to_vec().into())
+            .await
+            .map_err(Error::nats)?
+            .await
+            .map_err(Error::nats)?;
+        Ok(Published {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+    .instrument(span)
+    .await
 }
 
 /// What JetStream said to a publish.
@@ -217,6 +230,7 @@ pub async fn watch_max_deliveries(
             )),
         };
         dead_letter(&js, &config, letter).await?;
+        crate::metrics::dead_letter("delivered");
         if let Err(e) = orders.delete_message(advisory.stream_seq).await {
             tracing::warn!(sequence = advisory.stream_seq, error = %e, "dead-lettered event not removed");
         }

@@ -78,6 +78,10 @@ pub(crate) struct ServeArgs {
     /// configured `limiter.sidecar.upstream`).
     #[arg(long, value_name = "ADDR")]
     pub(crate) upstream: Option<String>,
+
+    /// Serve Prometheus `/metrics` on this address (instead of `telemetry.metrics_listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<SocketAddr>,
 }
 
 /// The components `serve` can run.

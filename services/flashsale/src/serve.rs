@@ -237,6 +237,15 @@ pub(crate) async fn run(args: ServeArgs, config: MeshConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let shutdown = Shutdown::on_signals().context("installing signal handlers")?;
+    if let Some(addr) = args.metrics_listen.or(config.telemetry.metrics_listen) {
+        let metrics = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tokio::spawn(flashsale_runtime::telemetry::serve_metrics(
+            metrics,
+            shutdown.wait(),
+        ));
+    }
     if args.component == Component::LimiterSidecar {
         return run_sidecar(&config, args.upstream, listener, &shutdown).await;
     }

@@ -23,7 +23,7 @@ use flashsale_proto::{
     time::{timestamp, unix_ms},
     v1::{self as pb, inventory_client::InventoryClient, orders_client::OrdersClient},
 };
-use tonic::transport::Channel;
+use flashsale_runtime::trace::TracedChannel;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
 use crate::{Error, auth::Caller, config::Config};
@@ -59,8 +59,8 @@ pub struct SaleCounters {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    pub(crate) inventory: InventoryClient<Channel>,
-    pub(crate) orders: OrdersClient<Channel>,
+    pub(crate) inventory: InventoryClient<TracedChannel>,
+    pub(crate) orders: OrdersClient<TracedChannel>,
     pub(crate) js: jetstream::Context,
     pub(crate) stream: StreamConfig,
     pub(crate) store: OrderStore,
@@ -96,13 +96,15 @@ pub struct Backends {
     pub stream: StreamConfig,
 }
 
-fn channel(url: &str, timeout: Duration) -> Result<Channel, Error> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(|e| Error::Config(format!("{url}: {e}")))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect_lazy())
+fn channel(url: &str, timeout: Duration) -> Result<TracedChannel, Error> {
+    Ok(TracedChannel::new(
+        tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Error::Config(format!("{url}: {e}")))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .connect_lazy(),
+    ))
 }
 
 impl Gateway {
@@ -233,8 +235,14 @@ impl Gateway {
     ) -> Result<pb::PurchaseAccepted, Error> {
         rules::sale_id(&request.sale_id)?;
         let sale_id = request.sale_id.clone();
+        let started = Instant::now();
         let outcome = self.purchase_inner(caller, request).await;
         self.count(&sale_id, &outcome);
+        let label = match &outcome {
+            Ok(_) => "accepted".to_owned(),
+            Err(e) => e.reason_name().to_ascii_lowercase(),
+        };
+        crate::metrics::purchase(&sale_id, &label, started.elapsed().as_secs_f64());
         outcome
     }
 
@@ -375,6 +383,7 @@ impl Gateway {
         {
             Ok(_) => Ok(accepted),
             Err(publish_error) => {
+                crate::metrics::backend_error("nats");
                 tracing::warn!(order_id = %event.order_id, error = %publish_error, "publish failed; releasing the reservation");
                 let released = self
                     .inner

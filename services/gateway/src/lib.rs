@@ -16,6 +16,7 @@ pub mod config;
 mod error;
 pub mod gateway;
 pub mod grpc;
+mod metrics;
 pub mod sales;
 
 pub use config::Config;

@@ -134,6 +134,7 @@ impl GrpcServer {
             .timeout(config.request_timeout)
             .concurrency_limit_per_connection(config.concurrency_per_connection)
             .tcp_nodelay(true)
+            .layer(crate::trace::ServerTraceLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)
             .await?;

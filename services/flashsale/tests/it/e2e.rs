@@ -23,7 +23,12 @@ fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
-async fn create_sale(mesh: &Mesh, stock: u64, limit: u32, payment_window_ms: u64) -> pb::Sale {
+pub(crate) async fn create_sale(
+    mesh: &Mesh,
+    stock: u64,
+    limit: u32,
+    payment_window_ms: u64,
+) -> pb::Sale {
     let mut admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
     let token = mesh
         .signer()

@@ -5,6 +5,7 @@ mod config;
 mod e2e;
 mod mesh;
 mod migrate;
+mod observability;
 mod serve;
 
 use std::{
@@ -72,6 +73,19 @@ impl Running {
                 .stdout(Stdio::null())
                 // Inherited, not piped: a pipe nobody reads would block a chatty process.
                 .stderr(Stdio::inherit())
+                .spawn()
+                .expect("flashsale starts"),
+        )
+    }
+
+    /// Like [`Self::spawn`], but the process's log goes to `log`.
+    fn spawn_logging(command: &mut Command, log: &Path) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        Self(
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(file)
                 .spawn()
                 .expect("flashsale starts"),
         )

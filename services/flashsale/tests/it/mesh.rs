@@ -19,6 +19,19 @@ pub(crate) struct Ports {
     pub(crate) sidecar: u16,
 }
 
+/// What a test adds to the mesh's configuration.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Extra {
+    /// More TOML for the `[telemetry]` table.
+    pub(crate) telemetry: String,
+    /// Environment for every process.
+    pub(crate) env: Vec<(String, String)>,
+    /// Serve `/metrics` from every process, each on its own port.
+    pub(crate) metrics: bool,
+    /// Write each process's log to `<dir>/<component>.log` instead of the test's output.
+    pub(crate) log_dir: Option<PathBuf>,
+}
+
 pub(crate) struct Mesh {
     pub(crate) _redis: RedisServer,
     pub(crate) _nats: NatsServer,
@@ -28,6 +41,9 @@ pub(crate) struct Mesh {
     pub(crate) config: PathBuf,
     pub(crate) _dir: tempfile::TempDir,
     pub(crate) processes: Vec<(&'static str, Running)>,
+    pub(crate) extra: Extra,
+    /// The `/metrics` port of each component, when asked for.
+    pub(crate) metrics_ports: Vec<(&'static str, u16)>,
 }
 
 pub(crate) const SECRET: &str = "end-to-end-test-secret-0123456789";
@@ -46,6 +62,11 @@ impl Mesh {
     /// Starts the servers, writes the configuration, migrates, starts every component and waits
     /// until each answers health.
     pub(crate) async fn start(payment_window_hint: &str) -> Mesh {
+        Self::start_with(payment_window_hint, Extra::default()).await
+    }
+
+    /// [`Self::start`] with additions.
+    pub(crate) async fn start_with(payment_window_hint: &str, extra: Extra) -> Mesh {
         flashsale_runtime::telemetry::init_for_tests();
         let (redis, nats, pg) = tokio::join!(
             RedisServer::start(),
@@ -70,6 +91,9 @@ impl Mesh {
             &config,
             format!(
                 r#"# {payment_window_hint}
+[telemetry]
+{telemetry}
+
 [server]
 shutdown_grace = "5s"
 
@@ -117,6 +141,7 @@ upstream = "http://127.0.0.1:{gw}"
                 lim = ports.limiter,
                 side = ports.sidecar,
                 rules = rules.display(),
+                telemetry = extra.telemetry,
             ),
         )
         .unwrap();
@@ -141,6 +166,8 @@ upstream = "http://127.0.0.1:{gw}"
             config,
             _dir: dir,
             processes: Vec::new(),
+            extra,
+            metrics_ports: Vec::new(),
         };
         for component in [
             "inventory",
@@ -168,12 +195,35 @@ upstream = "http://127.0.0.1:{gw}"
     /// Starts (or restarts) one component as its own process.
     pub(crate) fn spawn(&mut self, component: &'static str) {
         self.processes.retain(|(name, _)| *name != component);
-        let process = Running::spawn(
-            flashsale_configured()
-                .arg("--config")
-                .arg(&self.config)
-                .args(["serve", component]),
-        );
+        let mut command = flashsale_configured();
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .args(["serve", component]);
+        for (key, value) in &self.extra.env {
+            command.env(key, value);
+        }
+        if self.extra.metrics {
+            let port = match self
+                .metrics_ports
+                .iter()
+                .find(|(name, _)| *name == component)
+            {
+                Some((_, port)) => *port,
+                None => {
+                    let port = free_port().unwrap();
+                    self.metrics_ports.push((component, port));
+                    port
+                }
+            };
+            command.args(["--metrics-listen", &format!("127.0.0.1:{port}")]);
+        }
+        let process = match &self.extra.log_dir {
+            Some(dir) => {
+                Running::spawn_logging(&mut command, &dir.join(format!("{component}.log")))
+            }
+            None => Running::spawn(&mut command),
+        };
         self.processes.push((component, process));
     }
 
