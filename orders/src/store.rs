@@ -24,6 +24,9 @@ use crate::{
     migration::Migrator,
 };
 
+/// The Postgres advisory lock key that serializes schema migrations ("fsmigr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6673_6d69_6772;
+
 /// Whose orders to list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderFilter {
@@ -136,8 +139,16 @@ impl OrderStore {
     }
 
     /// Applies every pending migration.
+    ///
+    /// Safe to run from many processes at once (every orders and consumer pod migrates as it
+    /// starts): the migrations run in one transaction holding a Postgres advisory lock, so the
+    /// others wait, then find nothing left to do.
     pub async fn migrate(&self) -> Result<(), Error> {
-        Migrator::up(&self.db, None).await?;
+        let txn = self.db.begin().await?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+        Migrator::up(&txn, None).await?;
+        txn.commit().await?;
         Ok(())
     }
 
