@@ -11,7 +11,8 @@ use crate::config::MeshConfig;
 /// second, without overselling, losing an order, or falling over.
 ///
 /// Configuration comes from defaults, then the file given with --config (or FLASHSALE_CONFIG),
-/// then FLASHSALE_<SECTION>__<KEY> environment variables (e.g.
+/// then the secret files in --secrets-dir (or FLASHSALE_SECRETS_DIR), then
+/// FLASHSALE_<SECTION>__<KEY> environment variables (e.g.
 /// FLASHSALE_REDIS__URL=redis://127.0.0.1:6379).
 #[derive(Debug, Parser)]
 #[command(name = "flashsale", version, propagate_version = true)]
@@ -26,6 +27,11 @@ pub(crate) struct Cli {
     )]
     pub(crate) config: Option<PathBuf>,
 
+    /// A directory of secret files, each named by the key it sets (e.g. `postgres.url`):
+    /// a mounted Kubernetes Secret. Applied over the file, under the environment.
+    #[arg(long, global = true, env = "FLASHSALE_SECRETS_DIR", value_name = "DIR")]
+    pub(crate) secrets_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -36,6 +42,9 @@ impl Cli {
         let mut loader = Loader::new();
         if let Some(path) = &self.config {
             loader = loader.with_file(path);
+        }
+        if let Some(dir) = &self.secrets_dir {
+            loader = loader.with_secrets_dir(dir);
         }
         loader.with_process_env().load()
     }
@@ -48,6 +57,9 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Start the whole mesh locally on loopback and check every component answers health.
     Up(UpArgs),
+    /// Ask servers for their grpc.health.v1 status; exits 0 only when every one is SERVING
+    /// (for `helm test`, container checks and operators).
+    Health(HealthArgs),
     /// Apply the Postgres schema migrations (idempotent).
     Migrate,
     /// Mint a development token (HS256 with the configured secret) for a buyer or an operator.
@@ -150,6 +162,21 @@ pub(crate) struct UpArgs {
     /// Where Redis, NATS and Postgres keep their files when `up` has to start them.
     #[arg(long, default_value = ".flashsale", value_name = "DIR")]
     pub(crate) data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HealthArgs {
+    /// Servers to ask, as `host:port` or `http://host:port`.
+    #[arg(required = true, value_name = "ADDR")]
+    pub(crate) targets: Vec<String>,
+
+    /// The service to ask about; empty means the server as a whole.
+    #[arg(long, default_value = "")]
+    pub(crate) service: String,
+
+    /// How long to wait for each answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,8 @@ mod admin;
 mod bench;
 mod cli;
 mod config;
+mod health;
+
 mod local;
 mod serve;
 mod up;
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args, config).await,
             Command::Up(args) => up::run(args, config).await,
+            Command::Health(args) => health::run(&args).await,
             Command::Migrate => serve::migrate(config).await,
             Command::Token(args) => admin::token(&args, &config),
             Command::Bench(args) => Box::pin(bench::run(args, config)).await,

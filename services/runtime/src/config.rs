@@ -1,10 +1,16 @@
-//! Typed configuration: defaults, then a TOML file, then `FLASHSALE_*` environment variables.
+//! Typed configuration: defaults, then a TOML file, then secret files, then `FLASHSALE_*`
+//! environment variables.
 //!
 //! Every service reads one document. Each layer overrides the one before it:
 //!
 //! 1. the defaults of the Rust types (`Default`),
 //! 2. an optional TOML file (`--config FILE`),
-//! 3. environment variables `FLASHSALE_<SECTION>__<KEY>=value` (`__` nests; e.g.
+//! 3. an optional secrets directory (`--secrets-dir DIR`): each file is named by the dotted key
+//!    it sets and holds its value, e.g. a file `postgres.url` containing
+//!    `postgres://flashsale:…@db:5432/flashsale` (one trailing newline is dropped). This is how
+//!    a Kubernetes Secret mounted as a volume reaches the configuration without passing through
+//!    the environment; names starting with `.` (the volume's own bookkeeping) are skipped,
+//! 4. environment variables `FLASHSALE_<SECTION>__<KEY>=value` (`__` nests; e.g.
 //!    `FLASHSALE_REDIS__COMMAND_TIMEOUT=50ms` sets `redis.command_timeout`). Variables without
 //!    `__` are not configuration and are ignored (`FLASHSALE_CONFIG` names the file, say).
 //!
@@ -107,6 +113,7 @@ pub trait Validate {
 #[derive(Debug, Default)]
 pub struct Loader {
     file: Option<PathBuf>,
+    secrets_dir: Option<PathBuf>,
     env: Vec<(String, String)>,
 }
 
@@ -120,6 +127,14 @@ impl Loader {
     #[must_use]
     pub fn with_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.file = Some(path.into());
+        self
+    }
+
+    /// Reads secret values from the files in this directory, over the file and under the
+    /// environment; it must exist.
+    #[must_use]
+    pub fn with_secrets_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.secrets_dir = Some(dir.into());
         self
     }
 
@@ -160,6 +175,9 @@ impl Loader {
             })?;
             figment = figment.merge(Toml::file_exact(path));
         }
+        if let Some(dir) = &self.secrets_dir {
+            figment = figment.merge(SecretFiles::read(dir)?);
+        }
         figment = figment.merge(EnvOverrides::from_pairs(&self.env));
         let config: T = figment.extract().map_err(parse_error)?;
         config.validate()?;
@@ -192,6 +210,75 @@ fn parse_error(error: figment::Error) -> ConfigError {
         key: if key.is_empty() { "<root>".into() } else { key },
         origin,
         message,
+    }
+}
+
+/// The files of a secrets directory as a figment provider: file `a.b` sets key `a.b`.
+struct SecretFiles {
+    dir: PathBuf,
+    dict: Dict,
+}
+
+impl SecretFiles {
+    fn read(dir: &Path) -> Result<Self, ConfigError> {
+        let file_error = |source| ConfigError::File {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(file_error)?
+            .collect::<Result<_, _>>()
+            .map_err(file_error)?;
+        entries.sort_by_key(std::fs::DirEntry::file_name);
+        let mut dict = Dict::new();
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // A mounted Secret keeps its data behind `..data` links; only the visible names count.
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            // Follows the volume's symbolic links; subdirectories are not keys.
+            if !std::fs::metadata(&path).map_err(file_error)?.is_file() {
+                continue;
+            }
+            let mut value = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+                path: path.clone(),
+                source,
+            })?;
+            if value.ends_with('\n') {
+                value.pop();
+                if value.ends_with('\r') {
+                    value.pop();
+                }
+            }
+            let key: Vec<String> = name.split('.').map(str::to_owned).collect();
+            if key.iter().any(String::is_empty) {
+                return Err(ConfigError::Parse {
+                    key: name,
+                    origin: format!(" (from {})", path.display()),
+                    message: "a secret file is named by a dotted key, e.g. `postgres.url`".into(),
+                });
+            }
+            // Secrets are text: never reinterpreted as numbers or booleans.
+            insert_path(&mut dict, &key, Value::from(value));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            dict,
+        })
+    }
+}
+
+impl Provider for SecretFiles {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("secret files in {}", self.dir.display()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut map = BTreeMap::new();
+        map.insert(Profile::Default, self.dict.clone());
+        Ok(map)
     }
 }
 
@@ -631,6 +718,59 @@ mod tests {
             doc.redis.url.expose_secret(),
             "redis://:hunter2@127.0.0.1:1"
         );
+    }
+
+    #[test]
+    fn secret_files_sit_between_the_file_and_the_environment() {
+        let f = file("[redis]\nurl = \"redis://from-file:1\"\npool_size = 2\n");
+        let dir = tempfile::tempdir().unwrap();
+        // The layout of a mounted Secret: visible names link into a hidden, versioned folder.
+        let data = dir.path().join("..2026_11_26_data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("redis.url"), "redis://:s3cret@from-secret:1\n").unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("..data/redis.url"),
+            dir.path().join("redis.url"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&data, dir.path().join("..data")).unwrap();
+
+        let doc: Doc = Loader::new()
+            .with_file(f.path())
+            .with_secrets_dir(dir.path())
+            .load()
+            .unwrap();
+        assert_eq!(
+            doc.redis.url.expose_secret(),
+            "redis://:s3cret@from-secret:1"
+        );
+        assert_eq!(doc.redis.pool_size, 2, "the file still applies");
+
+        let doc: Doc = Loader::new()
+            .with_secrets_dir(dir.path())
+            .with_env([("FLASHSALE_REDIS__URL", "redis://from-env:1")])
+            .load()
+            .unwrap();
+        assert_eq!(doc.redis.url.expose_secret(), "redis://from-env:1");
+    }
+
+    #[test]
+    fn a_misnamed_secret_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("redis.ulr"), "redis://x:1").unwrap();
+        let err = Loader::new()
+            .with_secrets_dir(dir.path())
+            .load::<Doc>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redis.ulr"), "{err}");
+        assert!(err.contains("secret files in"), "{err}");
+
+        let err = Loader::new()
+            .with_secrets_dir("/nonexistent/secrets")
+            .load::<Doc>()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }), "{err}");
     }
 
     fn toml_like<T: Serialize>(value: &T) -> String {

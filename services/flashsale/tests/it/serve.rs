@@ -145,6 +145,17 @@ async fn check_target(component: &str, services: &[&str], extra_env: &[(&str, St
     expected.sort();
     assert_eq!(listed, expected, "{component}: reflection");
 
+    // What `helm test` and operators run.
+    let mut health = flashsale();
+    health.args(["health", &addr]);
+    if let Some(service) = services.first() {
+        health.args(["--service", service]);
+    }
+    let output = health.output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{component}: {printed}");
+    assert_eq!(printed.trim(), format!("{addr}: SERVING"));
+
     // A client that keeps its connection open must not hold the drain up.
     server.terminate();
     let status = tokio::task::spawn_blocking(move || {
@@ -243,4 +254,46 @@ async fn limiter_sidecar_forwards_health_to_its_upstream() {
         .unwrap()
         .expect("the sidecar drains");
     assert!(status.success());
+}
+
+/// `flashsale health` fails, naming the target, when a server is not there or does not know
+/// the service asked about.
+#[tokio::test]
+async fn health_command_fails_for_an_absent_server_or_unknown_service() {
+    let port = flashsale_testkit::free_port().unwrap();
+    let closed = format!("127.0.0.1:{port}");
+    let output = flashsale()
+        .args(["health", &closed, "--timeout", "2s"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.starts_with(&format!("{closed}: UNREACHABLE")),
+        "{printed}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("not serving: {closed}")),
+        "{stderr}"
+    );
+
+    // The order consumer serves health and nothing else.
+    let stores = Box::pin(stores()).await;
+    let port = flashsale_testkit::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut command = flashsale();
+    command.args(["serve", "order-consumer", "--listen", &addr]);
+    for (key, value) in &stores.env {
+        command.env(key, value);
+    }
+    let _server = Running::spawn(&mut command);
+    wait_serving(&addr).await;
+    let output = flashsale()
+        .args(["health", &addr, "--service", "flashsale.v1.Nope"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("NotFound"), "{printed}");
 }
