@@ -33,16 +33,15 @@ pub struct InventoryHolds {
 }
 
 impl InventoryHolds {
-    /// A client of the inventory at `url`; connects on first use and reconnects as needed.
+    /// A client of the inventory at `url`; connects on first use, reconnects as needed and
+    /// balances over every address the name resolves to. Call within a Tokio runtime.
     pub fn connect_lazy(url: &str, timeout: Duration) -> Result<Self, Error> {
-        let channel = TracedChannel::new(
-            tonic::transport::Endpoint::from_shared(url.to_owned())
-                .map_err(|e| Error::invalid("inventory_url", e.to_string()))?
-                .connect_timeout(timeout)
-                .timeout(timeout)
-                .tcp_nodelay(true)
-                .connect_lazy(),
-        );
+        let channel = flashsale_runtime::client::balanced(
+            url,
+            flashsale_runtime::client::Timeouts::both(timeout),
+        )
+        .map_err(|e| Error::invalid("inventory_url", e.to_string()))?;
+        let channel = TracedChannel::new(channel);
         Ok(Self {
             client: InventoryClient::new(channel),
         })

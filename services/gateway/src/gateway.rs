@@ -97,14 +97,12 @@ pub struct Backends {
 }
 
 fn channel(url: &str, timeout: Duration) -> Result<TracedChannel, Error> {
-    Ok(TracedChannel::new(
-        tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::Config(format!("{url}: {e}")))?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy(),
-    ))
+    let channel = flashsale_runtime::client::balanced(
+        url,
+        flashsale_runtime::client::Timeouts::both(timeout),
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(TracedChannel::new(channel))
 }
 
 impl Gateway {
