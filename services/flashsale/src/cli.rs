@@ -276,7 +276,8 @@ pub(crate) enum SaleCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
-    /// Load and validate the configuration, then print it (secrets redacted).
+    /// Load and validate the configuration and the limiter rules file it names, then print
+    /// the configuration (secrets redacted).
     Check,
 }
 

@@ -29,6 +29,23 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Config(ConfigCommand::Check) = &cli.command {
+        // Only the limiter and its sidecar read the rules; elsewhere the file may be absent.
+        if let Some(path) = &config.limiter.rules_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    if let Err(e) =
+                        flashsale_limiter::RuleSet::parse(&text, &path.display().to_string())
+                    {
+                        eprintln!("error: limiter.rules_file: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+                Err(e) => eprintln!(
+                    "warning: limiter.rules_file {}: {e} (the limiter would not start here)",
+                    path.display()
+                ),
+            }
+        }
         return match toml::to_string_pretty(&config) {
             Ok(text) => {
                 println!("{text}");

@@ -233,6 +233,12 @@ pub(crate) async fn run(args: ServeArgs, config: MeshConfig) -> Result<()> {
     let addr = args
         .listen
         .unwrap_or_else(|| listen_addr(args.component, &config));
+    if args.component == Component::Gateway {
+        config
+            .gateway
+            .check_listen(addr)
+            .map_err(|e| flashsale_runtime::ConfigError::from(e.within("gateway")))?;
+    }
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

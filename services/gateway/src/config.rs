@@ -55,6 +55,24 @@ pub struct AuthConfig {
     pub leeway: Duration,
 }
 
+impl Config {
+    /// Checked before a gateway binds `listen`: the development secret the defaults carry
+    /// verifies tokens anyone can mint, so it may only serve on loopback. (Other components
+    /// read the same document without serving buyers, so this is not part of `validate`.)
+    pub fn check_listen(&self, listen: SocketAddr) -> Result<(), Invalid> {
+        if !listen.ip().is_loopback()
+            && self.auth.algorithm == "HS256"
+            && self.auth.secret.expose_secret() == DEV_SECRET
+        {
+            return Err(Invalid::new(
+                "auth.secret",
+                "the development secret may only be used on loopback; set one in the secrets directory or FLASHSALE_GATEWAY__AUTH__SECRET",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -75,7 +93,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             algorithm: "HS256".into(),
-            // A development secret, refused outside loopback by `validate_for`.
+            // A development secret, refused outside loopback by `Config::check_listen`.
             secret: SecretString::from("flashsale-dev-secret-change-me"),
             public_key_file: None,
             audience: "flashsale".into(),
@@ -99,15 +117,6 @@ impl Validate for Config {
             }
         }
         self.auth.validate().map_err(|e| e.within("auth"))?;
-        if !self.listen.ip().is_loopback()
-            && self.auth.algorithm == "HS256"
-            && self.auth.secret.expose_secret() == DEV_SECRET
-        {
-            return Err(Invalid::new(
-                "auth.secret",
-                "the development secret may only be used on loopback; set FLASHSALE_GATEWAY__AUTH__SECRET",
-            ));
-        }
         if !(1..=1_000_000).contains(&self.max_in_flight_per_sale) {
             return Err(Invalid::new(
                 "max_in_flight_per_sale",
@@ -170,5 +179,24 @@ impl Validate for AuthConfig {
             Duration::ZERO,
             Duration::from_secs(600),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_development_secret_serves_only_on_loopback() {
+        let config = Config::default();
+        assert!(config.validate().is_ok());
+        assert!(config.check_listen(config.listen).is_ok());
+        let open: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let refused = config.check_listen(open).unwrap_err();
+        assert_eq!(refused.key, "auth.secret");
+
+        let mut config = Config::default();
+        config.auth.secret = SecretString::from("a-real-secret-0123456789");
+        assert!(config.check_listen(open).is_ok());
     }
 }

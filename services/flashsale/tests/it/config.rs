@@ -95,3 +95,55 @@ fn config_check_prints_the_effective_config_without_secrets() {
     assert!(stdout.contains("listen = \"127.0.0.1:6000\""), "{stdout}");
     assert!(!stdout.contains("s3cret"), "{stdout}");
 }
+
+#[test]
+fn config_check_validates_the_rules_file_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "limits.yaml",
+        "domain: flashsale\ndescriptors:\n  - key: user\n    rate_limit: {unit: fortnight, requests_per_unit: 5}\n",
+    );
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .env("FLASHSALE_LIMITER__RULES_FILE", &rules)
+            .args(["config", "check"]),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("limits.yaml"), "names the file: {stderr}");
+
+    // A file that is not there is only a warning: most components never read it.
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .env(
+                "FLASHSALE_LIMITER__RULES_FILE",
+                dir.path().join("absent.yaml"),
+            )
+            .args(["config", "check"]),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.starts_with("warning: limiter.rules_file"),
+        "{stderr}"
+    );
+}
+
+/// Components other than the gateway read the same document without serving buyers: an open
+/// `gateway.listen` with the development secret is the gateway's problem alone.
+#[test]
+fn the_development_secret_is_refused_only_where_the_gateway_serves() {
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .env("FLASHSALE_GATEWAY__LISTEN", "0.0.0.0:50051")
+            .args(["config", "check"]),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    // The gateway itself refuses before binding anything.
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .env("FLASHSALE_GATEWAY__LISTEN", "0.0.0.0:50051")
+            .args(["serve", "gateway"]),
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("gateway.auth.secret"), "{stderr}");
+}
