@@ -2,6 +2,8 @@
 
 mod bench;
 mod config;
+mod deploy;
+
 mod e2e;
 mod mesh;
 mod migrate;

@@ -365,6 +365,25 @@ async fn every_process_serves_metrics_that_move_with_the_sale() {
             "the dashboard plots {name}, which nothing exports"
         );
     }
+    // And every series the autoscalers' Prometheus adapter rules read.
+    let adapter = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../k8s/monitoring/prometheus-adapter.values.yaml"
+    ))
+    .unwrap();
+    let mut series = 0;
+    for line in adapter.lines() {
+        let Some(query) = line.trim().strip_prefix("- seriesQuery: '") else {
+            continue;
+        };
+        let name = &query[..query.find('{').unwrap()];
+        series += 1;
+        assert!(
+            everything.contains(&format!("{name}{{")) || everything.contains(&format!("{name} ")),
+            "the autoscalers read {name}, which nothing exports"
+        );
+    }
+    assert_eq!(series, 3, "rules for the gateway, inventory and consumer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
