@@ -13,10 +13,18 @@ async fn consumer_killed_mid_batch_loses_and_doubles_nothing() {
     let events = h.reserve_many(&sale, &users, window).await;
     publish_all(&h.js, &h.config.stream.subject_prefix, &events, 256).await;
 
-    // Kill the consumer task a few times while it works, each time without any goodbye.
-    for _ in 0..3 {
+    // Kill the consumer task a few times while it works, each time without any goodbye: as
+    // soon as it has written another thousand rows, so a fast machine cannot finish first.
+    for round in 1..=3 {
         let (_stop, task) = h.spawn_consumer();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while h.rows(&sale.sale_id).await < round * 1_000 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the consumer makes progress"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         task.abort();
         let _ = task.await;
     }
