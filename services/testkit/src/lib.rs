@@ -24,7 +24,7 @@ mod postgres;
 mod process;
 mod redis;
 
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub use postgres::{PostgresServer, TestDatabase};
 pub use redis::RedisServer;
 

@@ -22,6 +22,10 @@ pub struct NatsServer {
     port: u16,
     process: Process,
     dir: Dir,
+    /// The server's name (unique within a cluster).
+    name: String,
+    /// Arguments after the standard ones (cluster routes).
+    extra: Vec<std::ffi::OsString>,
 }
 
 /// The nats-server binary: `NATS_SERVER_BIN`, else `.tools/bin/nats-server` (2.15 from the
@@ -69,34 +73,49 @@ impl NatsServer {
     }
 
     async fn start_in(dir: Dir, port: Option<u16>) -> Result<Self> {
+        let server = Self::unstarted(
+            dir,
+            format!("flashsale-test-{}", std::process::id()),
+            Vec::new(),
+        )?;
+        server.boot(port).await
+    }
+
+    fn unstarted(dir: Dir, name: String, extra: Vec<std::ffi::OsString>) -> Result<Self> {
         let spec = Spec {
             program: binary()?.to_path_buf(),
             args: Vec::new(),
             run_as: None,
         };
         let process = Process::new("nats-server", spec, dir.path().join("nats.log"));
-        let mut server = Self {
+        Ok(Self {
             port: 0,
             process,
             dir,
-        };
+            name,
+            extra,
+        })
+    }
+
+    async fn boot(mut self, port: Option<u16>) -> Result<Self> {
         if let Some(port) = port {
-            server.port = port;
-            server.set_args(&port.to_string(), None);
-            server.process.spawn()?;
-            server.wait_ready().await?;
-            return Ok(server);
+            self.port = port;
+            self.set_args(&port.to_string(), None);
+            self.process.spawn()?;
+            self.wait_ready().await?;
+            return Ok(self);
         }
         // The first start takes a port the server picks itself (no race), read from the ports
         // file; restarts reuse it.
-        let ports_dir = server.dir.path().join("ports");
+        let ports_dir = self.dir.path().join("ports");
         std::fs::create_dir_all(&ports_dir)?;
-        server.set_args("-1", Some(&ports_dir));
-        server.process.spawn()?;
-        server.port = server.read_port(&ports_dir).await?;
-        server.set_args(&server.port.to_string(), None);
-        server.wait_ready().await?;
-        Ok(server)
+        self.set_args("-1", Some(&ports_dir));
+        self.process.spawn()?;
+        self.port = self.read_port(&ports_dir).await?;
+        let port = self.port.to_string();
+        self.set_args(&port, None);
+        self.wait_ready().await?;
+        Ok(self)
     }
 
     fn set_args(&mut self, port: &str, ports_dir: Option<&Path>) {
@@ -110,8 +129,9 @@ impl NatsServer {
             "-sd".into(),
             store.into(),
             "-n".into(),
-            format!("flashsale-test-{}", std::process::id()).into(),
+            self.name.clone().into(),
         ];
+        args.extend(self.extra.iter().cloned());
         if let Some(ports_dir) = ports_dir {
             args.push("--ports_file_dir".into());
             args.push(ports_dir.into());
@@ -213,6 +233,147 @@ impl NatsServer {
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }
+}
+
+/// A cluster of `nats-server -js` nodes on loopback, routed to each other, so JetStream can
+/// keep streams with 3 replicas and ride out the loss of one node.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes (3 for replicated streams) and waits until the cluster can create a
+    /// stream with that many replicas.
+    pub async fn start(size: usize) -> Result<Self> {
+        anyhow::ensure!(size >= 1, "a cluster needs a node");
+        let name = format!("flashsale-test-{}-{}", std::process::id(), unique());
+        let client_ports: Vec<u16> = (0..size)
+            .map(|_| crate::free_port())
+            .collect::<std::io::Result<_>>()?;
+        let route_ports: Vec<u16> = (0..size)
+            .map(|_| crate::free_port())
+            .collect::<std::io::Result<_>>()?;
+        let mut starting = Vec::new();
+        for i in 0..size {
+            let routes: Vec<String> = route_ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, port)| format!("nats://{LOOPBACK}:{port}"))
+                .collect();
+            let extra: Vec<std::ffi::OsString> = vec![
+                "--cluster_name".into(),
+                name.clone().into(),
+                "--cluster".into(),
+                format!("nats://{LOOPBACK}:{}", route_ports[i]).into(),
+                "--routes".into(),
+                routes.join(",").into(),
+            ];
+            let mut node = NatsServer::unstarted(
+                Dir::temp("flashsale-nats-node-")?,
+                format!("{name}-n{i}"),
+                extra,
+            )?;
+            // Nodes wait for each other before JetStream answers: start them all, then wait.
+            node.port = client_ports[i];
+            node.set_args(&client_ports[i].to_string(), None);
+            node.process.spawn()?;
+            starting.push(node);
+        }
+        for node in &mut starting {
+            node.wait_ready().await?;
+        }
+        let cluster = Self { nodes: starting };
+        cluster.wait_replicated(size).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until a stream with `replicas` replicas can be created (every peer known).
+    async fn wait_replicated(&self, replicas: usize) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let mut last_error = String::new();
+        while tokio::time::Instant::now() < deadline {
+            match self.probe_stream(replicas).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the NATS cluster never placed a {replicas}-replica stream: {last_error}")
+    }
+
+    async fn probe_stream(&self, replicas: usize) -> Result<()> {
+        let client = tokio::time::timeout(
+            Duration::from_secs(2),
+            async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_millis(500))
+                .connect(self.servers()),
+        )
+        .await??;
+        let js = async_nats::jetstream::new(client);
+        let name = format!("READY_{}", unique());
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("testkit.ready.{name}")],
+                num_replicas: replicas,
+                ..Default::default()
+            }),
+        )
+        .await??;
+        js.delete_stream(&name).await?;
+        Ok(())
+    }
+
+    /// Every node's URL, comma-separated (clients fail over between them).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Every node's address, for a client that fails over between them.
+    pub fn servers(&self) -> Vec<async_nats::ServerAddr> {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.url().parse().ok())
+            .collect()
+    }
+
+    /// The nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True for a cluster without nodes (never: `start` needs one).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i`, to kill, restart, pause or resume.
+    pub fn node(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
+    }
+
+    /// Freezes every node (SIGSTOP).
+    pub fn pause(&self) -> Result<()> {
+        self.nodes.iter().try_for_each(NatsServer::pause)
+    }
+
+    /// Thaws every node.
+    pub fn resume(&self) -> Result<()> {
+        self.nodes.iter().try_for_each(NatsServer::resume)
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn parse_client_port(text: &str) -> Option<u16> {

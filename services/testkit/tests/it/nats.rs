@@ -61,3 +61,56 @@ async fn nats_jetstream_keeps_streams_across_kill_and_restart() -> Result<()> {
     nats.resume()?;
     Ok(())
 }
+
+/// Three routed nodes keep a 3-replica stream writable with one node dead, and the node
+/// catches up when it comes back.
+#[tokio::test]
+async fn a_three_node_cluster_keeps_a_replicated_stream_through_a_node_loss() -> Result<()> {
+    flashsale_runtime::telemetry::init_for_tests();
+    let mut cluster = flashsale_testkit::NatsCluster::start(3).await?;
+    assert_eq!(cluster.len(), 3);
+    assert_eq!(cluster.url().split(',').count(), 3);
+
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(cluster.servers())
+        .await?;
+    let js = jetstream::new(client);
+    js.create_stream(stream::Config {
+        name: "KIT3".into(),
+        subjects: vec!["kit3.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await?;
+    js.publish("kit3.a", "one".into()).await?.await?;
+
+    for victim in 0..3 {
+        cluster.node(victim).kill();
+        // Quorum is two of three: publishing goes on (the client fails over if it was on the
+        // dead node; a new stream leader may take a moment to be elected).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(3), async {
+                js.publish(format!("kit3.n{victim}"), "during".into())
+                    .await?
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+            .await;
+            match attempt {
+                Ok(Ok(_)) => break,
+                _ if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("no publish with node {victim} down: {other:?}"),
+            }
+        }
+        cluster.node(victim).restart().await?;
+    }
+    let mut stream = js.get_stream("KIT3").await?;
+    let info = stream.info().await?;
+    assert!(info.state.messages >= 4, "{:?}", info.state);
+    assert_eq!(info.config.num_replicas, 3);
+    Ok(())
+}
