@@ -42,6 +42,17 @@ pub fn server(inventory: Inventory, server: &ServerConfig) -> GrpcServer {
     )
 }
 
+/// A commit's `hold_until`: a valid timestamp after the epoch.
+fn hold_until(ts: &prost_types::Timestamp) -> Result<i64, Error> {
+    match unix_ms(ts) {
+        Some(ms) if ms > 0 => Ok(ms),
+        _ => Err(Error::invalid(
+            "hold_until",
+            "must be a valid time after 1970-01-01",
+        )),
+    }
+}
+
 /// The sale fields the inventory needs, checked.
 pub fn sale_spec(sale: &pb::Sale) -> Result<SaleSpec, Error> {
     let starts = sale
@@ -188,8 +199,8 @@ impl InventoryRpc for InventoryApi {
         let hold_until = r
             .hold_until
             .as_ref()
-            .and_then(unix_ms)
-            .ok_or_else(|| Error::invalid("hold_until", "is required"))?;
+            .map(hold_until)
+            .unwrap_or_else(|| Err(Error::invalid("hold_until", "is required")))?;
         let t = self
             .inventory
             .commit(&r.sale_id, &r.reservation_id, hold_until)
@@ -209,8 +220,8 @@ impl InventoryRpc for InventoryApi {
                 let hold_until = item
                     .hold_until
                     .as_ref()
-                    .and_then(unix_ms)
-                    .ok_or_else(|| Error::invalid("hold_until", "is required"))?;
+                    .map(hold_until)
+                    .unwrap_or_else(|| Err(Error::invalid("hold_until", "is required")))?;
                 Ok((item.reservation_id, hold_until))
             })
             .collect::<Result<Vec<_>, Error>>()?;

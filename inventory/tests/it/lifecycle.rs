@@ -129,7 +129,7 @@ async fn release_returns_units_exactly_once() {
 #[tokio::test]
 async fn commit_revives_an_expired_reservation_only_when_stock_allows() {
     let (_redis, inv) = inventory(None).await;
-    let sale = open_sale(2, 1);
+    let sale = open_sale(3, 1);
     inv.load_sale(&sale).await.unwrap();
     let late = reserve(&inv, &sale, "late", 1).await;
     // The hold passed before the order was persisted (the sweeper released it).
@@ -152,16 +152,18 @@ async fn commit_revives_an_expired_reservation_only_when_stock_allows() {
 
     // Once more, but this time the unit went to someone else in between.
     let other = reserve(&inv, &sale, "other", 1).await;
+    let later = reserve(&inv, &sale, "later", 1).await;
+
     inv.release(
         &sale.sale_id,
-        &late.reservation_id,
+        &later.reservation_id,
         ReleaseReason::ReservationExpired,
     )
     .await
     .unwrap();
     reserve(&inv, &sale, "third", 1).await;
     match inv
-        .commit(&sale.sale_id, &late.reservation_id, deadline)
+        .commit(&sale.sale_id, &later.reservation_id, deadline)
         .await
     {
         Err(e @ Error::Refused { .. }) => {
@@ -175,9 +177,88 @@ async fn commit_revives_an_expired_reservation_only_when_stock_allows() {
     let stock = assert_consistent(&inv, &sale.sale_id).await.stock;
     assert_eq!(
         (stock.available, stock.held),
-        (0, 2),
+        (0, 3),
         "no oversell: {other:?}"
     );
+}
+
+#[tokio::test]
+async fn a_release_for_a_dead_order_closes_an_expired_reservation_for_good() {
+    let (_redis, inv) = inventory(None).await;
+    let sale = open_sale(2, 1);
+    inv.load_sale(&sale).await.unwrap();
+    let lost = reserve(&inv, &sale, "lost", 1).await;
+    // The hold passed; the order pipeline then gave the order up (its commit was refused) and
+    // released it for good while another worker's commit of it was still on the way.
+    inv.release(
+        &sale.sale_id,
+        &lost.reservation_id,
+        ReleaseReason::ReservationExpired,
+    )
+    .await
+    .unwrap();
+    let unchanged = inv
+        .release(
+            &sale.sale_id,
+            &lost.reservation_id,
+            ReleaseReason::PaymentExpired,
+        )
+        .await
+        .unwrap();
+    assert!(!unchanged.changed);
+    // A late revivable release does not reopen it either.
+    inv.release(
+        &sale.sale_id,
+        &lost.reservation_id,
+        ReleaseReason::PublishFailed,
+    )
+    .await
+    .unwrap();
+
+    let deadline = flashsale_proto::time::now_ms() + 60_000;
+    assert!(
+        matches!(
+            inv.commit(&sale.sale_id, &lost.reservation_id, deadline)
+                .await,
+            Err(Error::Refused { .. })
+        ),
+        "stock was there, but the order is gone"
+    );
+    let stock = assert_consistent(&inv, &sale.sale_id).await.stock;
+    assert_eq!((stock.available, stock.held), (2, 0));
+}
+
+#[tokio::test]
+async fn a_late_publish_failure_does_not_release_a_committed_order() {
+    let (_redis, inv) = inventory(None).await;
+    let sale = open_sale(2, 1);
+    inv.load_sale(&sale).await.unwrap();
+    let r = reserve(&inv, &sale, "slow-ack", 1).await;
+    // The publish went through but its acknowledgement timed out: the order was written and
+    // committed before the gateway's compensation arrives.
+    let deadline = flashsale_proto::time::now_ms() + 60_000;
+    inv.commit(&sale.sale_id, &r.reservation_id, deadline)
+        .await
+        .unwrap();
+    for reason in [
+        ReleaseReason::PublishFailed,
+        ReleaseReason::ReservationExpired,
+    ] {
+        let answer = inv
+            .release(&sale.sale_id, &r.reservation_id, reason)
+            .await
+            .unwrap();
+        assert!(!answer.changed, "{reason:?}");
+        assert_eq!(answer.reservation.state, ReservationState::Committed);
+    }
+    let stock = assert_consistent(&inv, &sale.sale_id).await.stock;
+    assert_eq!((stock.available, stock.held), (1, 1));
+    // The order's own release still goes through.
+    let cancelled = inv
+        .release(&sale.sale_id, &r.reservation_id, ReleaseReason::Cancelled)
+        .await
+        .unwrap();
+    assert!(cancelled.changed);
 }
 
 #[tokio::test]
