@@ -66,13 +66,16 @@ impl InventoryHolds {
         };
         let response = match self.client.clone().commit_many(request).await {
             Ok(response) => response.into_inner(),
-            // The sale itself is gone from Redis (restarted empty): reconciliation's job.
+            // The sale itself is gone from Redis (restarted empty). Whether these holds still
+            // stand cannot be told any more: the commits wait, and `Reconcile --repair`
+            // decides which of them the rebuilt stock can honour.
             Err(status) if status.code() == Code::NotFound => {
                 tracing::warn!(
                     sale_id,
-                    "inventory does not know the sale; leaving it to reconciliation"
+                    orders = orders.len(),
+                    "inventory does not know the sale (Redis lost it?): commits wait for a reconcile --repair"
                 );
-                return Ok(vec![HoldOutcome::Done; orders.len()]);
+                return Err(Error::Inventory(status));
             }
             Err(status) => return Err(Error::Inventory(status)),
         };
@@ -87,6 +90,11 @@ impl InventoryHolds {
             .map(|r| match pb::CommitOutcome::try_from(r.outcome) {
                 Ok(pb::CommitOutcome::Refused) => {
                     HoldOutcome::Refused("RESERVATION_RELEASED".into())
+                }
+                // Redis was rebuilt without it: its units are not counted, so honouring it
+                // could oversell.
+                Ok(pb::CommitOutcome::NotFound) => {
+                    HoldOutcome::Refused("RESERVATION_UNKNOWN".into())
                 }
                 _ => HoldOutcome::Done,
             })
@@ -136,13 +144,24 @@ impl InventoryHolds {
                     reason_of(&status).unwrap_or_else(|| status.message().to_owned()),
                 )))
             }
+            // The whole sale is gone from Redis: wait for `Reconcile --repair`, as above.
+            Err(status)
+                if status.code() == Code::NotFound
+                    && reason_of(&status).as_deref() == Some("SALE_NOT_FOUND") =>
+            {
+                Err(Error::Inventory(status))
+            }
+            // A commit of a hold Redis does not know (rebuilt without it) cannot be honoured.
+            Err(status) if status.code() == Code::NotFound && action == InventoryAction::Commit => {
+                Ok(Some(HoldOutcome::Refused("RESERVATION_UNKNOWN".into())))
+            }
             Err(status) if status.code() == Code::NotFound => {
-                // Redis no longer knows the reservation (it restarted empty): reconciliation
-                // rebuilds the counters from this table, so there is nothing left to tell.
+                // Confirming or releasing a reservation the rebuilt Redis does not hold: the
+                // rebuild counted the order from this table already, nothing left to tell.
                 tracing::warn!(
                     order_id = %order.order_id,
                     ?action,
-                    "inventory does not know the reservation; leaving it to reconciliation"
+                    "inventory does not know the reservation; the rebuild accounted for it"
                 );
                 Ok(Some(HoldOutcome::Done))
             }

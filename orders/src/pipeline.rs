@@ -128,6 +128,10 @@ impl Pipeline {
                 tracing::warn!(order_id = %order.order_id, %reason, "stock lost before the order was persisted");
                 if let Some(lost) = self.store.mark_lost(&order.order_id).await? {
                     self.events.publish(&lost).await;
+                    // The release it now asks for; on failure the lifecycle worker retries it.
+                    if let Err(e) = Box::pin(self.sync_inventory(&lost)).await {
+                        tracing::warn!(order_id = %lost.order_id, error = %e, "release of a lost order deferred");
+                    }
                     Ok(())
                 } else {
                     // Paid or cancelled meanwhile; its own action supersedes this one.

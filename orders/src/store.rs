@@ -421,18 +421,22 @@ impl OrderStore {
     }
 
     /// The order's units could not be held (its reservation expired and the stock went to
-    /// someone else before the order was written): PENDING_PAYMENT → EXPIRED, nothing to release.
+    /// someone else before the order was written): PENDING_PAYMENT → EXPIRED, only while its
+    /// commit is still pending (another worker may have committed it meanwhile). The row then
+    /// asks for a release: should a concurrent commit have revived the hold after all, its
+    /// units go back to stock; otherwise the release changes nothing.
     pub async fn mark_lost(&self, order_id: &str) -> Result<Option<orders::Model>, Error> {
         let lost = orders::Entity::update_many()
             .set(orders::ActiveModel {
                 status: Set(Status::Expired),
                 status_reason: Set(Some("RESERVATION_LOST".into())),
-                inventory_pending: Set(None),
+                inventory_pending: Set(Some(InventoryAction::Release)),
                 ..Default::default()
             })
             .col_expr(orders::Column::UpdatedAt, Expr::current_timestamp())
             .filter(orders::Column::OrderId.eq(order_id))
             .filter(orders::Column::Status.eq(Status::PendingPayment))
+            .filter(orders::Column::InventoryPending.eq(InventoryAction::Commit))
             .exec_with_returning(&self.db)
             .await?;
         Ok(lost.into_iter().next())

@@ -177,7 +177,15 @@ impl Gateway {
             .await?;
         }
         let orders = self.inner.store.live_orders(sale_id).await?;
-        let reservations = orders.iter().map(reservation_of).collect();
+        let (kept, waiting) = admit(&sale, orders);
+        if !waiting.is_empty() {
+            tracing::warn!(
+                sale_id,
+                refused = waiting.len(),
+                "orders written while Redis had lost the sale do not fit the stock; they will be marked lost"
+            );
+        }
+        let reservations = kept.iter().map(reservation_of).collect();
         let after = self
             .inner
             .inventory
@@ -199,6 +207,40 @@ impl Gateway {
         report.redis_after = Some(after);
         Ok(report)
     }
+}
+
+/// Which live orders the rebuilt stock holds. Orders whose commit went through before Redis was
+/// lost come first, all of them (more than the stock is corruption, and the rebuild refuses it).
+/// Orders written since, whose holds nobody could check, are then taken oldest first while the
+/// stock and the buyer's limit allow: a hold that expired and was sold again must not be sold
+/// twice. The rest stay out of Redis; their commits then find no reservation and the order
+/// pipeline marks them lost, as it does for any hold that expired before its order was written.
+fn admit(
+    sale: &flashsale_orders::entity::sales::Model,
+    orders: Vec<orders::Model>,
+) -> (Vec<orders::Model>, Vec<orders::Model>) {
+    let (mut kept, mut undecided): (Vec<_>, Vec<_>) = orders
+        .into_iter()
+        .partition(|o| o.inventory_pending != Some(orders::InventoryAction::Commit));
+    undecided.sort_by(|a, b| (a.created_at, &a.order_id).cmp(&(b.created_at, &b.order_id)));
+    let mut units: i64 = kept.iter().map(|o| i64::from(o.quantity)).sum();
+    let mut per_user: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for order in &kept {
+        *per_user.entry(order.user_id.clone()).or_default() += i64::from(order.quantity);
+    }
+    let mut refused = Vec::new();
+    for order in undecided {
+        let quantity = i64::from(order.quantity);
+        let user = per_user.entry(order.user_id.clone()).or_default();
+        if units + quantity <= sale.stock && *user + quantity <= i64::from(sale.per_user_limit) {
+            units += quantity;
+            *user += quantity;
+            kept.push(order);
+        } else {
+            refused.push(order);
+        }
+    }
+    (kept, refused)
 }
 
 fn reservation_of(order: &orders::Model) -> pb::Reservation {
