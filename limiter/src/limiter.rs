@@ -163,6 +163,11 @@ pub fn read_rules(path: &std::path::Path) -> Result<RuleSet, Error> {
     Ok(RuleSet::parse(&text, &path.display().to_string())?)
 }
 
+/// Longest domain or descriptor key a request may carry, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest descriptor value a request may carry, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024;
+
 impl Limiter {
     /// A limiter over the rules in `config.rules_file` (an invalid file is an error here) and,
     /// when `redis` is given, global counters in Redis. Without Redis, global rules are applied
@@ -285,6 +290,12 @@ impl Limiter {
         if request.domain.is_empty() {
             return Err(Error::InvalidArgument("domain must not be empty".into()));
         }
+        if request.domain.len() > MAX_NAME_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "domain is {} bytes; at most {MAX_NAME_BYTES}",
+                request.domain.len()
+            )));
+        }
         if request.descriptors.is_empty() {
             return Err(Error::InvalidArgument(
                 "at least one descriptor is required".into(),
@@ -294,6 +305,20 @@ impl Limiter {
             if d.entries.is_empty() || d.entries.iter().any(|(k, _)| k.is_empty()) {
                 return Err(Error::InvalidArgument(format!(
                     "descriptor {i} needs at least one entry, each with a key"
+                )));
+            }
+            // Each actual value may become a counter key in Redis: bound what a caller can make
+            // the limiter store.
+            if let Some((key, value)) = d
+                .entries
+                .iter()
+                .find(|(k, v)| k.len() > MAX_NAME_BYTES || v.len() > MAX_VALUE_BYTES)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "descriptor {i}: entry {:?} is {} + {} bytes; keys take at most {MAX_NAME_BYTES}, values {MAX_VALUE_BYTES}",
+                    key.chars().take(32).collect::<String>(),
+                    key.len(),
+                    value.len()
                 )));
             }
         }
