@@ -180,6 +180,8 @@ pub struct Report {
     pub first_sold_out: Option<Duration>,
     /// When the last new purchase was accepted (repeats of earlier ones not counted).
     pub last_accepted: Option<Duration>,
+    /// Every attempt's final answer, in the order they came.
+    pub outcomes: Vec<Outcome>,
 }
 
 impl Report {
@@ -226,8 +228,46 @@ pub fn user_id(n: u32) -> String {
     format!("buyer-{n}")
 }
 
-/// What one attempt ended with: the buyer and the accepted purchase, or the refusal's reason.
-type Answer = Result<(String, pb::PurchaseAccepted), String>;
+/// What one attempt ended with: the buyer, its key, and the accepted purchase or the refusal's
+/// reason.
+type Answer = (String, String, Result<pb::PurchaseAccepted, String>);
+
+/// One attempt as its buyer saw it in the end (after its retries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The buyer.
+    pub user_id: String,
+    /// The idempotency key the attempt (and its retries) carried.
+    pub idempotency_key: String,
+    /// The order id, or the reason (`SOLD_OUT`, `UNAVAILABLE`, ...).
+    pub answer: Result<String, String>,
+}
+
+/// What an answer tells about whether an order can exist for the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted: exactly one order must exist.
+    Accepted,
+    /// Refused before anything was reserved or published: no order may exist.
+    Refused,
+    /// The buyer cannot know (the connection broke, a timeout, a publish that failed after
+    /// maybe landing): at most one order may exist.
+    Unknown,
+}
+
+impl Outcome {
+    /// What the answer says about the order.
+    pub fn verdict(&self) -> Verdict {
+        match &self.answer {
+            Ok(_) => Verdict::Accepted,
+            Err(reason) => match reason.as_str() {
+                "SOLD_OUT" | "USER_LIMIT" | "RATE_LIMITED" | "OVERLOADED" | "SALE_NOT_ACTIVE"
+                | "SALE_NOT_FOUND" | "INVALID_ARGUMENT" | "UNAUTHENTICATED" => Verdict::Refused,
+                _ => Verdict::Unknown,
+            },
+        }
+    }
+}
 
 /// One attempt's plan.
 struct Plan {
@@ -305,7 +345,7 @@ pub async fn run(
                 (
                     done - started,
                     done - intended,
-                    answer.map(|a| (user_id(plan.user), a)),
+                    (user_id(plan.user), plan.key, answer),
                 )
             }
         }
@@ -361,6 +401,7 @@ pub async fn run(
         timeline: Vec::new(),
         first_sold_out: None,
         last_accepted: None,
+        outcomes: Vec::new(),
     };
     let mut seconds: BTreeMap<u32, (Tick, hdrhistogram::Histogram<u64>)> = BTreeMap::new();
     let mut seen = HashSet::new();
@@ -379,8 +420,17 @@ pub async fn run(
         });
         tick.completed += 1;
         hist.saturating_record(micros);
+        let (user, key, answer) = answer;
+        report.outcomes.push(Outcome {
+            user_id: user.clone(),
+            idempotency_key: key,
+            answer: answer
+                .as_ref()
+                .map(|a| a.order_id.clone())
+                .map_err(Clone::clone),
+        });
         match answer {
-            Ok((user, accepted)) => {
+            Ok(accepted) => {
                 tick.accepted += 1;
                 if seen.insert(accepted.order_id.clone()) {
                     report.last_accepted = report.last_accepted.max(Some(at));
@@ -562,12 +612,36 @@ pub struct Sources {
 }
 
 /// Waits (up to `patience`) until every accepted order is written, then checks the invariants
-/// of `sale` against what the buyers saw.
+/// of `sale` against what the buyers saw: every accepted purchase is an order and there is no
+/// other order.
 pub async fn audit(
     sources: &Sources,
     sale: &pb::Sale,
     report: &Report,
     patience: Duration,
+) -> Audit {
+    audit_with(sources, sale, report, patience, false).await
+}
+
+/// [`audit`] for a run with faults, where some buyers could not learn their attempt's fate:
+/// every accepted purchase is exactly one order, a refused one none, an attempt whose answer
+/// was lost (broken connection, timeout) at most one, and no order exists that no attempt asked
+/// for. Call it once the order stream has drained.
+pub async fn audit_under_faults(
+    sources: &Sources,
+    sale: &pb::Sale,
+    report: &Report,
+    patience: Duration,
+) -> Audit {
+    audit_with(sources, sale, report, patience, true).await
+}
+
+async fn audit_with(
+    sources: &Sources,
+    sale: &pb::Sale,
+    report: &Report,
+    patience: Duration,
+    faults: bool,
 ) -> Audit {
     let deadline = Instant::now() + patience;
     let expected: HashSet<&str> = report
@@ -655,6 +729,21 @@ pub async fn audit(
         pending + paid <= sale.stock,
         format!("pending {pending} + paid {paid} <= stock {}", sale.stock),
     );
+    let worst = units_by_user.values().copied().max().unwrap_or(0);
+    check(
+        "per-user limit",
+        worst <= u64::from(sale.per_user_limit),
+        format!(
+            "most units held or bought by one buyer: {worst} (limit {})",
+            sale.per_user_limit
+        ),
+    );
+    if faults {
+        for (name, ok, detail) in attempt_checks(&report.outcomes, &rows) {
+            check(name, ok, detail);
+        }
+        return audit;
+    }
     let present: HashSet<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
     let missing = expected.iter().filter(|id| !present.contains(*id)).count();
     check(
@@ -672,14 +761,219 @@ pub async fn audit(
         unasked == 0 && rows.len() == expected.len(),
         format!("{unasked} orders nobody was told about"),
     );
-    let worst = units_by_user.values().copied().max().unwrap_or(0);
-    check(
-        "per-user limit",
-        worst <= u64::from(sale.per_user_limit),
-        format!(
-            "most units held or bought by one buyer: {worst} (limit {})",
-            sale.per_user_limit
-        ),
-    );
     audit
+}
+
+/// The per-attempt checks of [`audit_under_faults`]: each key's orders against what its
+/// attempts were told.
+fn attempt_checks(
+    outcomes: &[Outcome],
+    rows: &[flashsale_orders::entity::orders::Model],
+) -> Vec<(&'static str, bool, String)> {
+    // A key's verdict: accepted if any attempt with it was, else unknown if any was, else refused.
+    let mut keys: HashMap<(&str, &str), (Verdict, Option<&str>)> = HashMap::new();
+    for outcome in outcomes {
+        let key = (outcome.user_id.as_str(), outcome.idempotency_key.as_str());
+        let verdict = outcome.verdict();
+        let entry = keys.entry(key).or_insert((Verdict::Refused, None));
+        match verdict {
+            Verdict::Accepted => {
+                entry.0 = Verdict::Accepted;
+                entry.1 = outcome.answer.as_deref().ok();
+            }
+            Verdict::Unknown if entry.0 != Verdict::Accepted => entry.0 = Verdict::Unknown,
+            _ => {}
+        }
+    }
+    let mut orders: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
+    for row in rows {
+        orders
+            .entry((row.user_id.as_str(), row.idempotency_key.as_str()))
+            .or_default()
+            .push(row.order_id.as_str());
+    }
+    let (mut accepted, mut refused, mut unknown) = (0, 0, 0);
+    let (mut lost, mut wrong, mut refused_with_order, mut unknown_twice) = (0, 0, 0, 0);
+    let mut unknown_with_order = 0;
+    for (key, (verdict, answered)) in &keys {
+        let found = orders.get(key).map(Vec::as_slice).unwrap_or_default();
+        match verdict {
+            Verdict::Accepted => {
+                accepted += 1;
+                match found {
+                    [] => lost += 1,
+                    [one] if Some(*one) == *answered => {}
+                    _ => wrong += 1,
+                }
+            }
+            Verdict::Refused => {
+                refused += 1;
+                if !found.is_empty() {
+                    refused_with_order += 1;
+                }
+            }
+            Verdict::Unknown => {
+                unknown += 1;
+                match found.len() {
+                    0 => {}
+                    1 => unknown_with_order += 1,
+                    _ => unknown_twice += 1,
+                }
+            }
+        }
+    }
+    let unasked = orders.keys().filter(|k| !keys.contains_key(*k)).count();
+    vec![
+        (
+            "every accepted purchase is one order",
+            lost == 0 && wrong == 0,
+            format!("{accepted} accepted: {lost} without an order, {wrong} with another or more"),
+        ),
+        (
+            "no order for a refused purchase",
+            refused_with_order == 0,
+            format!("{refused} refused: {refused_with_order} with an order"),
+        ),
+        (
+            "at most one order per unanswered",
+            unknown_twice == 0,
+            format!(
+                "{unknown} unanswered: {unknown_with_order} became an order, {unknown_twice} more than one"
+            ),
+        ),
+        (
+            "no order nobody asked for",
+            unasked == 0,
+            format!("{unasked} orders with a key no attempt carried"),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use flashsale_orders::entity::orders::{Model, Status};
+
+    use super::*;
+
+    fn outcome(user: &str, key: &str, answer: Result<&str, &str>) -> Outcome {
+        Outcome {
+            user_id: user.into(),
+            idempotency_key: key.into(),
+            answer: answer.map(str::to_owned).map_err(str::to_owned),
+        }
+    }
+
+    fn order(id: &str, user: &str, key: &str) -> Model {
+        let now = std::time::SystemTime::now().into();
+        Model {
+            order_id: id.into(),
+            sale_id: "sale".into(),
+            user_id: user.into(),
+            quantity: 1,
+            amount_minor: 100,
+            currency: "EUR".into(),
+            status: Status::PendingPayment,
+            status_reason: None,
+            idempotency_key: key.into(),
+            created_at: now,
+            pay_deadline: now,
+            paid_at: None,
+            payment_reference: None,
+            updated_at: now,
+            persisted_at: now,
+            inventory_pending: None,
+            inventory_attempt_at: None,
+        }
+    }
+
+    fn failed(outcomes: &[Outcome], rows: &[Model]) -> Vec<&'static str> {
+        attempt_checks(outcomes, rows)
+            .into_iter()
+            .filter(|(_, ok, _)| !ok)
+            .map(|(name, _, _)| name)
+            .collect()
+    }
+
+    #[test]
+    fn verdicts_follow_what_the_buyer_could_know() {
+        assert_eq!(outcome("u", "k", Ok("o")).verdict(), Verdict::Accepted);
+        for refused in ["SOLD_OUT", "USER_LIMIT", "RATE_LIMITED", "SALE_NOT_ACTIVE"] {
+            assert_eq!(outcome("u", "k", Err(refused)).verdict(), Verdict::Refused);
+        }
+        for unknown in [
+            "UNAVAILABLE",
+            "DEADLINE_EXCEEDED",
+            "PUBLISH_FAILED",
+            "transport",
+        ] {
+            assert_eq!(outcome("u", "k", Err(unknown)).verdict(), Verdict::Unknown);
+        }
+    }
+
+    #[test]
+    fn a_clean_history_passes_every_check() {
+        let outcomes = [
+            outcome("a", "1", Ok("o1")),
+            // A retry with the same key answered the same order.
+            outcome("a", "1", Ok("o1")),
+            outcome("b", "2", Err("SOLD_OUT")),
+            // Unanswered: both endings are allowed.
+            outcome("c", "3", Err("UNAVAILABLE")),
+            outcome("d", "4", Err("DEADLINE_EXCEEDED")),
+            // Answered after an earlier unanswered try: the key counts as accepted.
+            outcome("e", "5", Err("UNAVAILABLE")),
+            outcome("e", "5", Ok("o5")),
+        ];
+        let rows = [
+            order("o1", "a", "1"),
+            order("o3", "c", "3"),
+            order("o5", "e", "5"),
+        ];
+        assert_eq!(failed(&outcomes, &rows), Vec::<&str>::new());
+        let checks = attempt_checks(&outcomes, &rows);
+        assert!(
+            checks[2].2.starts_with("2 unanswered: 1 became an order"),
+            "{checks:?}"
+        );
+    }
+
+    #[test]
+    fn each_kind_of_violation_is_caught() {
+        let accepted = [outcome("a", "1", Ok("o1"))];
+        // Lost: accepted, no order.
+        assert_eq!(
+            failed(&accepted, &[]),
+            ["every accepted purchase is one order"]
+        );
+        // Another order than the one answered, or two.
+        assert_eq!(
+            failed(&accepted, &[order("o9", "a", "1")]),
+            ["every accepted purchase is one order"]
+        );
+        assert_eq!(
+            failed(&accepted, &[order("o1", "a", "1"), order("o2", "a", "1")]),
+            ["every accepted purchase is one order"]
+        );
+        // An order for a refused purchase.
+        assert_eq!(
+            failed(
+                &[outcome("b", "2", Err("SOLD_OUT"))],
+                &[order("o2", "b", "2")]
+            ),
+            ["no order for a refused purchase"]
+        );
+        // Two orders for one unanswered attempt.
+        assert_eq!(
+            failed(
+                &[outcome("c", "3", Err("UNAVAILABLE"))],
+                &[order("o3", "c", "3"), order("o4", "c", "3")]
+            ),
+            ["at most one order per unanswered"]
+        );
+        // An order nobody asked for.
+        assert_eq!(
+            failed(&accepted, &[order("o1", "a", "1"), order("o7", "z", "7")]),
+            ["no order nobody asked for"]
+        );
+    }
 }
