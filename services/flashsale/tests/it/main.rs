@@ -1,6 +1,8 @@
 //! Tests of the real `flashsale` binary.
 
+mod badinput;
 mod bench;
+mod chaos;
 mod config;
 mod deploy;
 

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use flashsale_gateway::auth::Signer;
-use flashsale_testkit::{NatsServer, PostgresServer, RedisServer, free_port};
+use flashsale_testkit::{NatsCluster, NatsServer, PostgresServer, RedisServer, free_port};
 use tonic::transport::Channel;
 
 use crate::{Running, flashsale_configured};
@@ -30,12 +30,47 @@ pub(crate) struct Extra {
     pub(crate) metrics: bool,
     /// Write each process's log to `<dir>/<component>.log` instead of the test's output.
     pub(crate) log_dir: Option<PathBuf>,
+    /// Run NATS as a 3-node JetStream cluster (the order stream then keeps 3 replicas).
+    pub(crate) nats_cluster: bool,
+    /// More TOML at the end of the configuration (new tables only).
+    pub(crate) config: String,
+}
+
+/// NATS: one server, or a cluster.
+pub(crate) enum Nats {
+    Single(Box<NatsServer>),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Nats::Single(server) => server.url(),
+            Nats::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// Freezes every node.
+    pub(crate) fn pause(&self) {
+        match self {
+            Nats::Single(server) => server.pause().unwrap(),
+            Nats::Cluster(cluster) => cluster.pause().unwrap(),
+        }
+    }
+
+    /// Thaws every node.
+    pub(crate) fn resume(&self) {
+        match self {
+            Nats::Single(server) => server.resume().unwrap(),
+            Nats::Cluster(cluster) => cluster.resume().unwrap(),
+        }
+    }
 }
 
 pub(crate) struct Mesh {
-    pub(crate) _redis: RedisServer,
-    pub(crate) _nats: NatsServer,
-    pub(crate) _pg: PostgresServer,
+    pub(crate) redis: RedisServer,
+    pub(crate) nats: Nats,
+    pub(crate) pg: PostgresServer,
     pub(crate) db_url: String,
     pub(crate) ports: Ports,
     pub(crate) config: PathBuf,
@@ -67,12 +102,22 @@ impl Mesh {
 
     /// [`Self::start`] with additions.
     pub(crate) async fn start_with(payment_window_hint: &str, extra: Extra) -> Mesh {
+        // Boxed: the start-up future holds every server and would make each test's future large.
+        Box::pin(Self::boot(payment_window_hint, extra)).await
+    }
+
+    async fn boot(payment_window_hint: &str, extra: Extra) -> Mesh {
         flashsale_runtime::telemetry::init_for_tests();
-        let (redis, nats, pg) = tokio::join!(
-            RedisServer::start(),
-            NatsServer::start(),
-            PostgresServer::start()
-        );
+        let nats = async {
+            if extra.nats_cluster {
+                NatsCluster::start(3).await.map(Nats::Cluster)
+            } else {
+                NatsServer::start()
+                    .await
+                    .map(|server| Nats::Single(Box::new(server)))
+            }
+        };
+        let (redis, nats, pg) = tokio::join!(RedisServer::start(), nats, PostgresServer::start());
         let (redis, nats, pg) = (redis.unwrap(), nats.unwrap(), pg.unwrap());
         let db = pg.create_database().await.unwrap();
         let ports = Ports {
@@ -130,6 +175,8 @@ rules_file = "{rules}"
 [limiter.sidecar]
 listen = "127.0.0.1:{side}"
 upstream = "http://127.0.0.1:{gw}"
+
+{more}
 "#,
                 redis = redis.url(),
                 nats = nats.url(),
@@ -142,6 +189,7 @@ upstream = "http://127.0.0.1:{gw}"
                 side = ports.sidecar,
                 rules = rules.display(),
                 telemetry = extra.telemetry,
+                more = extra.config,
             ),
         )
         .unwrap();
@@ -158,9 +206,9 @@ upstream = "http://127.0.0.1:{gw}"
         );
 
         let mut mesh = Mesh {
-            _redis: redis,
-            _nats: nats,
-            _pg: pg,
+            redis,
+            nats,
+            pg,
             db_url: db.url,
             ports,
             config,
@@ -225,6 +273,33 @@ upstream = "http://127.0.0.1:{gw}"
             None => Running::spawn(&mut command),
         };
         self.processes.push((component, process));
+    }
+
+    /// SIGKILLs one component, like a crash: no drain, no goodbye.
+    pub(crate) fn kill(&mut self, component: &'static str) {
+        if let Some(i) = self
+            .processes
+            .iter()
+            .position(|(name, _)| *name == component)
+        {
+            let (_, mut process) = self.processes.remove(i);
+            let _ = process.0.kill();
+            let _ = process.0.wait();
+        }
+    }
+
+    /// Restarts a component and waits until it answers health.
+    pub(crate) async fn respawn(&mut self, component: &'static str) {
+        self.spawn(component);
+        let port = match component {
+            "gateway" => self.ports.gateway,
+            "inventory" => self.ports.inventory,
+            "orders" => self.ports.orders,
+            "order-consumer" => self.ports.consumer,
+            "limiter" => self.ports.limiter,
+            _ => self.ports.sidecar,
+        };
+        crate::serve::wait_serving(&format!("127.0.0.1:{port}")).await;
     }
 
     pub(crate) fn signer(&self) -> Signer {
