@@ -102,7 +102,7 @@ async fn world() -> World {
         .unwrap();
     let pipeline = Pipeline {
         store,
-        holds: InventoryHolds::connect_lazy(&config.inventory_url, Duration::from_secs(10))
+        holds: InventoryHolds::connect_lazy(&config.inventory_url, Duration::from_secs(10), None)
             .unwrap(),
         events: StatusEvents::new(client, config.status_prefix.clone()),
     };

@@ -35,10 +35,16 @@ pub struct InventoryHolds {
 impl InventoryHolds {
     /// A client of the inventory at `url`; connects on first use, reconnects as needed and
     /// balances over every address the name resolves to. Call within a Tokio runtime.
-    pub fn connect_lazy(url: &str, timeout: Duration) -> Result<Self, Error> {
-        let channel = flashsale_runtime::client::balanced(
+    /// With `tls`, over mutual TLS (the URL is then `https://`).
+    pub fn connect_lazy(
+        url: &str,
+        timeout: Duration,
+        tls: Option<&flashsale_runtime::tls::MeshTls>,
+    ) -> Result<Self, Error> {
+        let channel = flashsale_runtime::client::balanced_tls(
             url,
             flashsale_runtime::client::Timeouts::both(timeout),
+            tls,
         )
         .map_err(|e| Error::invalid("inventory_url", e.to_string()))?;
         let channel = TracedChannel::new(channel);

@@ -99,7 +99,8 @@ pub(crate) async fn harness() -> Harness {
         .unwrap();
     let pipeline = Pipeline {
         store,
-        holds: InventoryHolds::connect_lazy(&config.inventory_url, Duration::from_secs(5)).unwrap(),
+        holds: InventoryHolds::connect_lazy(&config.inventory_url, Duration::from_secs(5), None)
+            .unwrap(),
         events: StatusEvents::new(client.clone(), config.status_prefix.clone()),
     };
     Harness {

@@ -4,6 +4,7 @@ use flashsale_runtime::{
     Invalid, Validate,
     config::{NatsConfig, PostgresConfig, RedisConfig, ServerConfig},
     telemetry::TelemetryConfig,
+    tls::TlsConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,9 @@ pub(crate) struct MeshConfig {
     pub(crate) orders: flashsale_orders::Config,
     /// The limiter.
     pub(crate) limiter: flashsale_limiter::Config,
+    /// Mutual TLS between the services (inventory and orders serve it, their clients present
+    /// it); off unless configured.
+    pub(crate) tls: TlsConfig,
 }
 
 impl Validate for MeshConfig {
@@ -45,6 +49,29 @@ impl Validate for MeshConfig {
             .validate()
             .map_err(|e| e.within("inventory"))?;
         self.orders.validate().map_err(|e| e.within("orders"))?;
-        self.limiter.validate().map_err(|e| e.within("limiter"))
+        self.limiter.validate().map_err(|e| e.within("limiter"))?;
+        self.tls.validate().map_err(|e| e.within("tls"))?;
+        // The internal URLs follow the choice: https:// with mutual TLS, http:// without.
+        let (scheme, why) = if self.tls.enabled() {
+            ("https://", "mutual TLS is on ([tls])")
+        } else {
+            (
+                "http://",
+                "https:// needs mutual TLS configured ([tls] cert, key, ca)",
+            )
+        };
+        for (key, url) in [
+            ("gateway.inventory_url", &self.gateway.inventory_url),
+            ("gateway.orders_url", &self.gateway.orders_url),
+            ("orders.inventory_url", &self.orders.inventory_url),
+        ] {
+            if !url.starts_with(scheme) {
+                return Err(Invalid::new(
+                    key,
+                    format!("must start with {scheme}: {why}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -33,6 +33,14 @@ pub(crate) async fn build(
     })
 }
 
+/// The mutual-TLS material, when configured (validated with the configuration already).
+fn mesh_tls(config: &MeshConfig) -> Result<Option<flashsale_runtime::tls::MeshTls>> {
+    config
+        .tls
+        .load()
+        .map_err(|e| flashsale_runtime::ConfigError::from(e.within("tls")).into())
+}
+
 /// The limiter core with its rules watcher.
 async fn limiter(config: &MeshConfig, shutdown: &Shutdown) -> Result<flashsale_limiter::Limiter> {
     let limiter = flashsale_limiter::Limiter::new(&config.limiter, Some(&config.redis))
@@ -80,8 +88,12 @@ async fn pipeline(
     let store = OrderStore::connect(&config.postgres)
         .await
         .context("connecting to Postgres")?;
-    let holds =
-        InventoryHolds::connect_lazy(&config.orders.inventory_url, config.server.request_timeout)?;
+    let tls = mesh_tls(config)?;
+    let holds = InventoryHolds::connect_lazy(
+        &config.orders.inventory_url,
+        config.server.request_timeout,
+        tls.as_ref(),
+    )?;
     let events = StatusEvents::new(nats.clone(), config.orders.status_prefix.clone());
     Ok((
         Pipeline {
@@ -101,7 +113,8 @@ async fn orders(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer> 
         config.orders.lifecycle_batch,
         shutdown.child(),
     ));
-    Ok(flashsale_orders::grpc::server(pipeline, &config.server))
+    Ok(flashsale_orders::grpc::server(pipeline, &config.server)
+        .with_tls(mesh_tls(config)?.as_ref()))
 }
 
 async fn order_consumer(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer> {
@@ -187,6 +200,7 @@ async fn gateway(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer>
             stream: config.orders.stream.clone(),
         },
         config.server.request_timeout,
+        mesh_tls(config)?.as_ref(),
     )
     .await?;
     Ok(flashsale_gateway::grpc::server(
@@ -213,7 +227,8 @@ async fn inventory(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServe
         },
         shutdown.child(),
     ));
-    Ok(flashsale_inventory::grpc::server(inventory, &config.server))
+    Ok(flashsale_inventory::grpc::server(inventory, &config.server)
+        .with_tls(mesh_tls(config)?.as_ref()))
 }
 
 /// The configured listen address of `component`.

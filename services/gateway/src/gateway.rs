@@ -23,7 +23,7 @@ use flashsale_proto::{
     time::{timestamp, unix_ms},
     v1::{self as pb, inventory_client::InventoryClient, orders_client::OrdersClient},
 };
-use flashsale_runtime::trace::TracedChannel;
+use flashsale_runtime::{tls::MeshTls, trace::TracedChannel};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
 use crate::{Error, auth::Caller, config::Config};
@@ -96,29 +96,36 @@ pub struct Backends {
     pub stream: StreamConfig,
 }
 
-fn channel(url: &str, timeout: Duration) -> Result<TracedChannel, Error> {
-    let channel = flashsale_runtime::client::balanced(
+fn channel(url: &str, timeout: Duration, tls: Option<&MeshTls>) -> Result<TracedChannel, Error> {
+    let channel = flashsale_runtime::client::balanced_tls(
         url,
         flashsale_runtime::client::Timeouts::both(timeout),
+        tls,
     )
     .map_err(|e| Error::Config(e.to_string()))?;
     Ok(TracedChannel::new(channel))
 }
 
 impl Gateway {
-    /// A gateway over its backends; clients connect lazily and reconnect as needed.
+    /// A gateway over its backends; clients connect lazily and reconnect as needed, over
+    /// mutual TLS when `tls` is given.
     pub async fn new(
         config: Config,
         backends: Backends,
         request_timeout: Duration,
+        tls: Option<&MeshTls>,
     ) -> Result<Self, Error> {
         let sold_out = SoldOutFlags::subscribe(&backends.nats, &config.signal_prefix)
             .await
             .map_err(|e| Error::Config(format!("subscribing to sold-out signals: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                inventory: InventoryClient::new(channel(&config.inventory_url, request_timeout)?),
-                orders: OrdersClient::new(channel(&config.orders_url, request_timeout)?),
+                inventory: InventoryClient::new(channel(
+                    &config.inventory_url,
+                    request_timeout,
+                    tls,
+                )?),
+                orders: OrdersClient::new(channel(&config.orders_url, request_timeout, tls)?),
                 js: jetstream::new(backends.nats),
                 stream: backends.stream,
                 store: backends.store,

@@ -20,7 +20,7 @@ use std::{
 };
 
 use tokio::sync::mpsc::Sender;
-use tonic::transport::{Channel, Endpoint, channel::Change};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, channel::Change};
 
 /// How often a backend's name is resolved again.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
@@ -57,7 +57,18 @@ impl Timeouts {
 /// A channel to `url` that connects on first use and balances over every address the host
 /// resolves to, re-resolving in the background. Must be called within a Tokio runtime.
 pub fn balanced(url: &str, timeouts: Timeouts) -> Result<Channel, BadUrl> {
-    let target = Target::parse(url, timeouts)?;
+    balanced_tls(url, timeouts, None)
+}
+
+/// [`balanced`] over mutual TLS when `tls` is given (the URL must then be `https://`): every
+/// connection presents this process's certificate and checks that the server's names the
+/// URL's host, whichever pod address it dials.
+pub fn balanced_tls(
+    url: &str,
+    timeouts: Timeouts,
+    tls: Option<&crate::tls::MeshTls>,
+) -> Result<Channel, BadUrl> {
+    let target = Target::parse_with(url, timeouts, tls)?;
     if target.host.parse::<IpAddr>().is_ok() {
         return Ok(target.by_name.connect_lazy());
     }
@@ -78,10 +89,21 @@ struct Target {
     timeouts: Timeouts,
     /// The URL itself as an endpoint, dialled by name.
     by_name: Endpoint,
+    /// Client TLS for every connection, when mutual TLS is on.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Target {
+    #[cfg(test)]
     fn parse(url: &str, timeouts: Timeouts) -> Result<Self, BadUrl> {
+        Self::parse_with(url, timeouts, None)
+    }
+
+    fn parse_with(
+        url: &str,
+        timeouts: Timeouts,
+        tls: Option<&crate::tls::MeshTls>,
+    ) -> Result<Self, BadUrl> {
         let bad = |reason: String| BadUrl {
             url: url.to_owned(),
             reason,
@@ -105,10 +127,22 @@ impl Target {
                 _ => None,
             })
             .ok_or_else(|| bad("needs a port".into()))?;
+        match (tls.is_some(), scheme.as_str()) {
+            (true, "https") | (false, "http") => {}
+            (true, _) => return Err(bad("mutual TLS is on: the URL must be https://".into())),
+            (false, _) => {
+                return Err(bad(
+                    "https:// needs mutual TLS configured ([tls] cert, key, ca)".into(),
+                ));
+            }
+        }
+        let tls = tls.map(|tls| tls.client(&host));
         let by_name = configure(
             Endpoint::from_shared(url.to_owned()).map_err(|e| bad(e.to_string()))?,
             timeouts,
-        );
+            tls.as_ref(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             url: url.to_owned(),
             scheme,
@@ -116,6 +150,7 @@ impl Target {
             port,
             timeouts,
             by_name,
+            tls,
         })
     }
 
@@ -123,15 +158,23 @@ impl Target {
         let endpoint = Endpoint::from_shared(format!("{}://{addr}", self.scheme)).ok()?;
         // Requests keep naming the service, whichever pod answers them.
         let endpoint = endpoint.origin(self.url.parse().ok()?);
-        Some(configure(endpoint, self.timeouts))
+        configure(endpoint, self.timeouts, self.tls.as_ref()).ok()
     }
 }
 
-fn configure(endpoint: Endpoint, timeouts: Timeouts) -> Endpoint {
-    endpoint
+fn configure(
+    endpoint: Endpoint,
+    timeouts: Timeouts,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = endpoint
         .connect_timeout(timeouts.connect)
         .timeout(timeouts.request)
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.clone()),
+        None => Ok(endpoint),
+    }
 }
 
 /// Which connection a [`Change`] is about.

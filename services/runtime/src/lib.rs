@@ -20,6 +20,7 @@ pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 
 pub use config::{ConfigError, Invalid, Loader, Validate};

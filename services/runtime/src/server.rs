@@ -46,6 +46,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
     health: HealthReporter,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -53,6 +54,7 @@ impl std::fmt::Debug for GrpcServer {
         f.debug_struct("GrpcServer")
             .field("component", &self.component)
             .field("services", &self.names)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +71,16 @@ impl GrpcServer {
             routes,
             names: Vec::new(),
             health,
+            tls: None,
         }
+    }
+
+    /// Serves mutual TLS when `tls` is given: only clients with a certificate from its CA get
+    /// in (see [`crate::tls`]).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<&crate::tls::MeshTls>) -> Self {
+        self.tls = tls.map(crate::tls::MeshTls::server);
+        self
     }
 
     /// Hosts a generated tonic service; it is reported SERVING and listed by reflection.
@@ -107,6 +118,7 @@ impl GrpcServer {
         F: Future<Output = ()> + Send,
     {
         let local: SocketAddr = listener.local_addr()?;
+        let tls = self.tls.clone();
         let routes = self.into_routes().await?;
         let GrpcRoutes {
             component,
@@ -115,7 +127,7 @@ impl GrpcServer {
             names,
             health,
         } = routes;
-        tracing::info!(%component, addr = %local, services = ?names, "serving gRPC");
+        tracing::info!(%component, addr = %local, services = ?names, tls = tls.is_some(), "serving gRPC");
 
         let on_shutdown = async move {
             shutdown.await;
@@ -130,7 +142,11 @@ impl GrpcServer {
             tracing::info!(%component, "stopped accepting; draining in-flight calls");
         };
 
-        Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .timeout(config.request_timeout)
             .concurrency_limit_per_connection(config.concurrency_per_connection)
             .tcp_nodelay(true)
@@ -151,6 +167,7 @@ impl GrpcServer {
             mut routes,
             names,
             health,
+            tls: _,
         } = self;
         let mut reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(flashsale_proto::FILE_DESCRIPTOR_SET)

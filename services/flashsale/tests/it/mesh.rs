@@ -34,6 +34,8 @@ pub(crate) struct Extra {
     pub(crate) nats_cluster: bool,
     /// More TOML at the end of the configuration (new tables only).
     pub(crate) config: String,
+    /// Mutual TLS between the services: a directory holding `ca.crt`, `node.crt`, `node.key`.
+    pub(crate) tls: Option<PathBuf>,
 }
 
 /// NATS: one server, or a cluster.
@@ -153,8 +155,8 @@ url = "{pg}"
 
 [gateway]
 listen = "127.0.0.1:{gw}"
-inventory_url = "http://127.0.0.1:{inv}"
-orders_url = "http://127.0.0.1:{ord}"
+inventory_url = "{scheme}://127.0.0.1:{inv}"
+orders_url = "{scheme}://127.0.0.1:{ord}"
 [gateway.auth]
 secret = "{SECRET}"
 
@@ -165,7 +167,7 @@ sweep_interval = "100ms"
 [orders]
 listen = "127.0.0.1:{ord}"
 consumer_listen = "127.0.0.1:{cons}"
-inventory_url = "http://127.0.0.1:{inv}"
+inventory_url = "{scheme}://127.0.0.1:{inv}"
 lifecycle_interval = "200ms"
 fetch_wait = "100ms"
 
@@ -176,8 +178,17 @@ rules_file = "{rules}"
 listen = "127.0.0.1:{side}"
 upstream = "http://127.0.0.1:{gw}"
 
+{tls}
+
 {more}
 "#,
+                scheme = if extra.tls.is_some() { "https" } else { "http" },
+                tls = extra.tls.as_ref().map_or(String::new(), |dir| format!(
+                    "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+                    dir.join("node.crt").display(),
+                    dir.join("node.key").display(),
+                    dir.join("ca.crt").display()
+                )),
                 redis = redis.url(),
                 nats = nats.url(),
                 pg = db.url,
@@ -227,14 +238,16 @@ upstream = "http://127.0.0.1:{gw}"
         ] {
             mesh.spawn(component);
         }
-        for port in [
-            ports.inventory,
-            ports.orders,
-            ports.consumer,
-            ports.limiter,
-            ports.gateway,
-            ports.sidecar,
-        ] {
+        if let Some(tls) = mesh.tls() {
+            for port in [ports.inventory, ports.orders] {
+                crate::tls::wait_serving_tls(port, &tls).await;
+            }
+        } else {
+            for port in [ports.inventory, ports.orders] {
+                crate::serve::wait_serving(&format!("127.0.0.1:{port}")).await;
+            }
+        }
+        for port in [ports.consumer, ports.limiter, ports.gateway, ports.sidecar] {
             crate::serve::wait_serving(&format!("127.0.0.1:{port}")).await;
         }
         mesh
@@ -300,6 +313,18 @@ upstream = "http://127.0.0.1:{gw}"
             _ => self.ports.sidecar,
         };
         crate::serve::wait_serving(&format!("127.0.0.1:{port}")).await;
+    }
+
+    /// The services' mutual-TLS material, when the mesh runs with it.
+    pub(crate) fn tls(&self) -> Option<flashsale_runtime::tls::MeshTls> {
+        let dir = self.extra.tls.as_ref()?;
+        flashsale_runtime::tls::TlsConfig {
+            cert: Some(dir.join("node.crt")),
+            key: Some(dir.join("node.key")),
+            ca: Some(dir.join("ca.crt")),
+        }
+        .load()
+        .unwrap()
     }
 
     pub(crate) fn signer(&self) -> Signer {
