@@ -503,6 +503,20 @@ impl Validate for NatsConfig {
     fn validate(&self) -> Result<(), Invalid> {
         for server in self.url.split(',') {
             let server = server.trim();
+            // The URL is not a secret (clients log it): credentials go in `auth`. Checked
+            // first, so the message below never echoes a password.
+            let authority = server.split_once("://").map_or(server, |(_, rest)| rest);
+            if authority
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .contains('@')
+            {
+                return Err(Invalid::new(
+                    "url",
+                    "holds credentials; put them in nats.auth (`user:password` or a token), which is kept out of logs",
+                ));
+            }
             if !(server.starts_with("nats://") || server.starts_with("tls://")) {
                 return Err(Invalid::new(
                     "url",

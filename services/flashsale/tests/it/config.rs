@@ -147,3 +147,134 @@ fn the_development_secret_is_refused_only_where_the_gateway_serves() {
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("gateway.auth.secret"), "{stderr}");
 }
+
+#[test]
+fn mutual_tls_settings_are_checked_before_anything_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("tls.crt");
+    std::fs::write(&not_pem, "just some text\n").unwrap();
+
+    // Half a configuration.
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .env("FLASHSALE_TLS__CERT", &not_pem)
+            .args(["serve", "inventory"]),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`tls.key`"), "{stderr}");
+    assert!(stderr.contains("missing: key, ca"), "{stderr}");
+
+    // Files that are not what they claim.
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .env("FLASHSALE_TLS__CERT", &not_pem)
+            .env("FLASHSALE_TLS__KEY", dir.path().join("absent.key"))
+            .env("FLASHSALE_TLS__CA", &not_pem)
+            .args(["config", "check"]),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`tls.cert`"), "{stderr}");
+    assert!(stderr.contains("no PEM CERTIFICATE block"), "{stderr}");
+    assert!(
+        !stderr.contains("just some text"),
+        "file contents stay out of errors: {stderr}"
+    );
+
+    // https:// backends without mutual TLS.
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .env("FLASHSALE_ORDERS__INVENTORY_URL", "https://inventory:50052")
+            .args(["config", "check"]),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`orders.inventory_url`"), "{stderr}");
+    assert!(stderr.contains("needs mutual TLS"), "{stderr}");
+}
+
+/// Every component, started at trace level with credentials in every store URL and the token
+/// secret set, logs none of them, whether its stores answer or not (here they do not).
+#[test]
+fn secrets_never_reach_the_logs() {
+    const SECRETS: [&str; 4] = [
+        "gateway-token-secret-3f9a7c1e5b-0d4f6a",
+        "redis-password-8d2e",
+        "nats-password-41bc",
+        "postgres-password-77e0",
+    ];
+    let components = [
+        "gateway",
+        "inventory",
+        "orders",
+        "order-consumer",
+        "limiter",
+        "limiter-sidecar",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "limits.yaml",
+        "domain: flashsale\ndescriptors:\n  - key: user\n    rate_limit: { unit: second, requests_per_unit: 5 }\n",
+    );
+    let children: Vec<_> = components
+        .iter()
+        .map(|component| {
+            let log = dir.path().join(format!("{component}.log"));
+            let child = flashsale()
+                .env("FLASHSALE_TELEMETRY__LOG_LEVEL", "trace")
+                .env("FLASHSALE_GATEWAY__AUTH__SECRET", SECRETS[0])
+                .env(
+                    "FLASHSALE_REDIS__URL",
+                    format!("redis://:{}@127.0.0.1:9", SECRETS[1]),
+                )
+                .env(
+                    "FLASHSALE_NATS__URL",
+                    format!("nats://app:{}@127.0.0.1:9", SECRETS[2]),
+                )
+                .env(
+                    "FLASHSALE_POSTGRES__URL",
+                    format!("postgres://app:{}@127.0.0.1:9/fs", SECRETS[3]),
+                )
+                .env("FLASHSALE_LIMITER__RULES_FILE", &rules)
+                .args(["serve", component, "--listen", "127.0.0.1:0"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            (component, log, crate::Running(child))
+        })
+        .collect();
+    // Long enough to try, fail and retry its connections.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    for (component, log, child) in children {
+        drop(child);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.is_empty(),
+            "{component} logged nothing at trace level"
+        );
+        for secret in SECRETS {
+            assert!(
+                !text.contains(secret),
+                "{component} logged {secret}:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn credentials_in_the_nats_url_are_refused_without_being_echoed() {
+    let (code, stderr) = run_and_capture(
+        flashsale()
+            .env(
+                "FLASHSALE_NATS__URL",
+                "nats://app:hunter2-secret@127.0.0.1:4222",
+            )
+            .args(["config", "check"]),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("`nats.url`") && stderr.contains("nats.auth"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -11,6 +11,7 @@ mod mesh;
 mod migrate;
 mod observability;
 mod serve;
+mod tls;
 
 use std::{
     path::Path,
