@@ -378,8 +378,12 @@ impl Consumer {
 
 /// Decodes and checks an event; the error is the dead-letter reason.
 pub fn decode(message: &Message) -> Result<OrderRequested, String> {
-    let event =
-        OrderRequested::decode(message.payload.clone()).map_err(|e| format!("undecodable: {e}"))?;
+    decode_payload(&message.payload)
+}
+
+/// [`decode`] for a message's payload.
+pub fn decode_payload(payload: &[u8]) -> Result<OrderRequested, String> {
+    let event = OrderRequested::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
     validate(&event)?;
     Ok(event)
 }
@@ -410,12 +414,12 @@ pub fn validate(event: &OrderRequested) -> Result<(), String> {
         .requested_at
         .as_ref()
         .and_then(unix_ms)
-        .ok_or("invalid: no requested_at")?;
+        .ok_or("invalid: requested_at missing or out of range")?;
     let deadline = event
         .pay_deadline
         .as_ref()
         .and_then(unix_ms)
-        .ok_or("invalid: no pay_deadline")?;
+        .ok_or("invalid: pay_deadline missing or out of range")?;
     if deadline <= requested {
         return Err("invalid: pay_deadline not after requested_at".into());
     }
@@ -453,5 +457,50 @@ pub fn row(event: &OrderRequested) -> orders::Model {
         persisted_at: now,
         inventory_pending: Some(InventoryAction::Commit),
         inventory_attempt_at: Some(now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flashsale_proto::time::timestamp;
+
+    use super::*;
+
+    fn event() -> OrderRequested {
+        OrderRequested {
+            order_id: "01a216ac-470e-71fb-b2b6-60044dc7cc2f".into(),
+            sale_id: "sale-1".into(),
+            user_id: "buyer-7".into(),
+            quantity: 2,
+            unit_price_minor: 1_999,
+            currency: "CNY".into(),
+            requested_at: Some(timestamp(1_795_676_718_000)),
+            pay_deadline: Some(timestamp(1_795_677_318_000)),
+            idempotency_key: "attempt-1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_valid_event_becomes_the_row_it_describes() {
+        let event = event();
+        let bytes = event.encode_to_vec();
+        let decoded = decode_payload(&bytes).unwrap();
+        let row = row(&decoded);
+        assert_eq!(row.amount_minor, 3_998);
+        assert_eq!(row.created_at.timestamp_millis(), 1_795_676_718_000);
+        assert_eq!(row.pay_deadline.timestamp_millis(), 1_795_677_318_000);
+    }
+
+    #[test]
+    fn times_outside_the_calendar_are_refused_not_turned_into_1970() {
+        // Year ~300,000: a valid i64 of milliseconds, but no calendar date.
+        let far = timestamp(9_000_000_000_000_000);
+        let mut late = event();
+        late.pay_deadline = Some(far);
+        assert_eq!(
+            decode_payload(&late.encode_to_vec()).unwrap_err(),
+            "invalid: pay_deadline missing or out of range"
+        );
     }
 }

@@ -11,10 +11,18 @@ pub fn timestamp(unix_ms: i64) -> Timestamp {
     }
 }
 
+/// Earliest valid `Timestamp.seconds` (0001-01-01T00:00:00Z), as `timestamp.proto` defines it.
+pub const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+/// Latest valid `Timestamp.seconds` (9999-12-31T23:59:59Z).
+pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
 /// A protobuf `Timestamp` as Unix milliseconds (sub-millisecond parts are dropped); `None` when
-/// it is out of range.
+/// it is outside the range `timestamp.proto` allows (years 1 to 9999, nanos below a second), so
+/// every accepted time converts to a calendar date and back unchanged.
 pub fn unix_ms(ts: &Timestamp) -> Option<i64> {
-    if !(0..1_000_000_000).contains(&ts.nanos) {
+    if !(0..1_000_000_000).contains(&ts.nanos)
+        || !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&ts.seconds)
+    {
         return None;
     }
     ts.seconds
@@ -80,5 +88,13 @@ mod tests {
             }),
             None
         );
+        // Year 10000 is past what timestamp.proto allows (and past what a calendar type takes).
+        let edge = |seconds| unix_ms(&Timestamp { seconds, nanos: 0 });
+        assert_eq!(
+            edge(MAX_TIMESTAMP_SECONDS),
+            Some(MAX_TIMESTAMP_SECONDS * 1000)
+        );
+        assert_eq!(edge(MAX_TIMESTAMP_SECONDS + 1), None);
+        assert_eq!(edge(MIN_TIMESTAMP_SECONDS - 1), None);
     }
 }
