@@ -75,3 +75,33 @@ impl Validate for MeshConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing listens beyond this machine unless the configuration says so.
+    #[test]
+    fn every_default_listener_is_loopback() {
+        let config = MeshConfig::default();
+        let listeners = [
+            ("gateway.listen", config.gateway.listen),
+            ("inventory.listen", config.inventory.listen),
+            ("orders.listen", config.orders.listen),
+            ("orders.consumer_listen", config.orders.consumer_listen),
+            ("limiter.listen", config.limiter.listen),
+            ("limiter.sidecar.listen", config.limiter.sidecar.listen),
+        ];
+        for (key, addr) in listeners {
+            assert!(addr.ip().is_loopback(), "{key} defaults to {addr}");
+        }
+        assert!(
+            config
+                .telemetry
+                .metrics_listen
+                .is_none_or(|addr| addr.ip().is_loopback())
+        );
+        assert!(!config.tls.enabled(), "mutual TLS is opt-in");
+        config.validate().expect("the defaults are valid");
+    }
+}
