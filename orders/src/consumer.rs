@@ -477,7 +477,6 @@ mod tests {
             requested_at: Some(timestamp(1_795_676_718_000)),
             pay_deadline: Some(timestamp(1_795_677_318_000)),
             idempotency_key: "attempt-1".into(),
-            ..Default::default()
         }
     }
 

@@ -57,6 +57,11 @@ pub(crate) fn test_config() -> Config {
 }
 
 pub(crate) async fn harness() -> Harness {
+    // Boxed: the start-up future holds every server and would make each test's future large.
+    Box::pin(start_harness()).await
+}
+
+async fn start_harness() -> Harness {
     flashsale_runtime::telemetry::init_for_tests();
     let (pg, nats, redis) = tokio::join!(
         PostgresServer::start(),

@@ -372,7 +372,7 @@ pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
         "flashsale bench: scenario {} — {stock} units, {users} buyers, {attempts} attempts",
         args.scenario
     );
-    let mesh = start_mesh(&out).await?;
+    let mesh = Box::pin(start_mesh(&out)).await?;
     println!(
         "  mesh up: 6 services as separate processes; Redis, NATS JetStream, Postgres (fsync on) on loopback"
     );
