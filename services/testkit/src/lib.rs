@@ -26,7 +26,7 @@ mod redis;
 
 pub use nats::{NatsCluster, NatsServer};
 pub use postgres::{PostgresServer, TestDatabase};
-pub use redis::RedisServer;
+pub use redis::{CLUSTER_NODE_TIMEOUT, RedisCluster, RedisServer};
 
 use std::{
     net::{Ipv4Addr, TcpListener},

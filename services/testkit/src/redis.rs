@@ -22,6 +22,9 @@ pub struct RedisServer {
     _dir: Dir,
 }
 
+/// More arguments for one server (a cluster node's settings).
+type Extra = Vec<String>;
+
 fn binary() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("REDIS_SERVER_BIN") {
         return Ok(bin.into());
@@ -45,15 +48,20 @@ impl RedisServer {
 
     /// Starts a server on `port` with its files in `dir` (kept; Redis still saves nothing).
     pub async fn start_at(port: u16, dir: &std::path::Path) -> Result<Self> {
-        Self::try_start_in(port, Dir::kept(dir)?).await
+        Self::try_start_in(port, Dir::kept(dir)?, Vec::new()).await
     }
 
     async fn try_start(port: u16) -> Result<Self> {
-        Self::try_start_in(port, Dir::temp("flashsale-redis-")?).await
+        Self::try_start_in(port, Dir::temp("flashsale-redis-")?, Vec::new()).await
     }
 
-    async fn try_start_in(port: u16, dir: Dir) -> Result<Self> {
-        let args = [
+    /// A server started with `extra` arguments on `port`.
+    async fn start_extra(port: u16, extra: Extra) -> Result<Self> {
+        Self::try_start_in(port, Dir::temp("flashsale-redis-")?, extra).await
+    }
+
+    async fn try_start_in(port: u16, dir: Dir, extra: Extra) -> Result<Self> {
+        let mut args: Vec<String> = vec![
             "--port".into(),
             port.to_string(),
             "--bind".into(),
@@ -67,6 +75,7 @@ impl RedisServer {
             "--protected-mode".into(),
             "yes".into(),
         ];
+        args.extend(extra);
         let spec = Spec {
             program: binary()?,
             args: args.into_iter().map(Into::into).collect(),
@@ -148,4 +157,185 @@ async fn ping(port: u16) -> bool {
         tokio::time::timeout(Duration::from_millis(500), attempt).await,
         Ok(Ok(true))
     )
+}
+
+/// A Redis Cluster on loopback: `masters` masters (the hash slots split evenly) and
+/// `replicas` replicas of each, created with `redis-cli --cluster create`. A killed master's
+/// replica takes over after the node timeout ([`CLUSTER_NODE_TIMEOUT`]).
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+/// How long the cluster waits before failing over from a master that stopped answering.
+pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn cluster_port() -> Result<u16> {
+    for _ in 0..100 {
+        let port = crate::free_port()?;
+        if port < 55_000 && std::net::TcpListener::bind((LOOPBACK, port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no port with a free cluster bus port found")
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them and waits until every node reports `cluster_state:ok`.
+    pub async fn start(masters: usize, replicas: usize) -> Result<Self> {
+        anyhow::ensure!(masters >= 3, "Redis Cluster needs at least 3 masters");
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            let port = cluster_port()?;
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                &CLUSTER_NODE_TIMEOUT.as_millis().to_string(),
+                // A replica may take over however long it lagged: tests kill masters at will.
+                "--cluster-replica-validity-factor",
+                "0",
+                // Replicas sync at once instead of after the default 5 s diskless delay.
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            nodes.push(RedisServer::start_extra(port, extra).await?);
+        }
+        let mut create = tokio::process::Command::new(cli()?);
+        create.args(["--cluster", "create"]);
+        for node in &nodes {
+            create.arg(format!("{LOOPBACK}:{}", node.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .await
+            .context("running redis-cli --cluster create")?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create failed:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let cluster = Self { nodes };
+        cluster.wait_ok().await?;
+        cluster.wait_replicas_synced().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every replica has its master's data (`master_link_status:up`), so a master
+    /// killed from now on loses nothing that was written before.
+    pub async fn wait_replicas_synced(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        for node in &self.nodes {
+            loop {
+                let Ok(info) = cli_output(node.port, &["INFO", "replication"]).await else {
+                    break;
+                };
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("replica on {} never synced with its master", node.port);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub async fn wait_ok(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let mut all = true;
+            for node in &self.nodes {
+                let info = cli_output(node.port, &["CLUSTER", "INFO"]).await;
+                // A killed node does not answer; the others decide.
+                if let Ok(info) = info {
+                    all &= info.contains("cluster_state:ok");
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the cluster never reached cluster_state:ok");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The URL fred takes: `redis-cluster://first?node=second&node=...`.
+    pub fn url(&self) -> String {
+        let mut nodes = self.nodes.iter().map(|n| format!("{LOOPBACK}:{}", n.port));
+        let first = nodes.next().unwrap_or_default();
+        let rest: Vec<String> = nodes.map(|n| format!("node={n}")).collect();
+        format!("redis-cluster://{first}?{}", rest.join("&"))
+    }
+
+    /// Every node, masters and replicas.
+    pub fn nodes(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+
+    /// The index of the node that is the master of `key`'s hash slot now.
+    pub async fn master_of(&self, key: &str) -> Result<usize> {
+        let slot = cli_output(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]).await?;
+        let slot: u16 = slot.trim().parse().context("CLUSTER KEYSLOT")?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Ok(role) = cli_output(node.port, &["ROLE"]).await else {
+                continue;
+            };
+            if !role.starts_with("master") {
+                continue;
+            }
+            let Ok(nodes) = cli_output(node.port, &["CLUSTER", "NODES"]).await else {
+                continue;
+            };
+            let me = nodes.lines().find(|l| l.contains("myself"));
+            if me.is_some_and(|line| owns(line, slot)) {
+                return Ok(i);
+            }
+        }
+        bail!("no master serves slot {slot}")
+    }
+}
+
+/// Whether a `CLUSTER NODES` line lists `slot` among its ranges.
+fn owns(line: &str, slot: u16) -> bool {
+    line.split_whitespace().skip(8).any(|range| {
+        let (from, to) = range.split_once('-').unwrap_or((range, range));
+        matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+    })
+}
+
+fn cli() -> Result<PathBuf> {
+    crate::which("redis-cli")
+        .context("redis-cli not found: run scripts/setup.sh (Debian package redis-tools)")
+}
+
+/// `redis-cli -p PORT ARGS...`'s output, or an error when the node does not answer.
+async fn cli_output(port: u16, args: &[&str]) -> Result<String> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::process::Command::new(cli()?)
+            .args(["-h", &LOOPBACK.to_string(), "-p", &port.to_string()])
+            .args(args)
+            .output(),
+    )
+    .await
+    .context("redis-cli timed out")??;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() || text.starts_with("Could not connect") || text.starts_with("ERR")
+    {
+        bail!("redis-cli on {port}: {text}");
+    }
+    Ok(text)
 }
