@@ -47,6 +47,7 @@ fn main() {
         url: redis.url().into(),
         command_timeout: Duration::from_secs(5),
         pool_size: 4,
+        ..Default::default()
     };
     let inventory = rt.block_on(Inventory::connect(&config, None)).unwrap();
     let now = flashsale_proto::time::now_ms();
@@ -57,6 +58,7 @@ fn main() {
         starts_at_ms: now - 1000,
         ends_at_ms: now + 3_600_000,
         reservation_hold: Duration::from_secs(3600),
+        stock_buckets: 1,
     };
     rt.block_on(inventory.load_sale(&sale)).unwrap();
     let trivial = Arc::new(Script::from_lua("return 1"));

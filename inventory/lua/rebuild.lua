@@ -3,6 +3,7 @@
 -- their orders are still on the way, and dropping them would sell their units twice.
 -- ARGV: total, limit, starts, ends, hold, then 7 per reservation:
 --       id, user, quantity, state (COMMITTED | CONFIRMED), created, expires, idempotency key
+-- total -1 fits a stock bucket to exactly its reservations (see buckets in the crate docs).
 -- Reply: {'OK' | 'OVERSOLD', total, available, held, sold}; OVERSOLD changes nothing.
 local total, limit, starts, ends, hold =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -22,6 +23,7 @@ for _, entry in ipairs(records) do
   local rec = entry[2]
   if rec.s == 'CONFIRMED' then sold = sold + rec.q else held = held + rec.q end
 end
+if total < 0 then total = held + sold end
 if held + sold > total then return {'OVERSOLD', total, 0, held, sold} end
 redis.call('DEL', USERS, IDEM, EXP, RES)
 for _, entry in ipairs(records) do

@@ -72,6 +72,25 @@ pub enum Error {
     /// Redis answered something the scripts never send.
     #[error("unexpected answer from redis: {0}")]
     Protocol(String),
+    /// LoadSale asked to change how many stock buckets a loaded sale has.
+    #[error(
+        "sale {sale_id} is loaded with {loaded} stock buckets; it cannot change to {requested}"
+    )]
+    BucketsFixed {
+        /// The sale.
+        sale_id: String,
+        /// Buckets in Redis.
+        loaded: u32,
+        /// Buckets asked for.
+        requested: u32,
+    },
+    /// The replicas did not confirm a write in time; the write may or may not survive a
+    /// failover (a retry with the same idempotency key meets it if it does).
+    #[error("redis replicas did not confirm the write within {0:?}")]
+    NotReplicated(Duration),
+    /// Stock kept moving between buckets while a reservation looked for it.
+    #[error("sale {0}: stock kept moving between buckets; try again")]
+    Contended(String),
 }
 
 fn released_why(reservation: &Reservation) -> String {
@@ -101,10 +120,12 @@ impl IntoStatus for Error {
         match self {
             Self::InvalidId(_) | Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::SaleNotFound(_) | Self::ReservationNotFound { .. } => Code::NotFound,
-            Self::Refused { .. } | Self::StockFixed { .. } | Self::Oversold { .. } => {
-                Code::FailedPrecondition
-            }
-            Self::Timeout(_) => Code::Unavailable,
+            Self::Refused { .. }
+            | Self::StockFixed { .. }
+            | Self::BucketsFixed { .. }
+            | Self::Oversold { .. } => Code::FailedPrecondition,
+            Self::Timeout(_) | Self::NotReplicated(_) => Code::Unavailable,
+            Self::Contended(_) => Code::Aborted,
             Self::Redis(e) => match e.kind() {
                 ErrorKind::IO
                 | ErrorKind::Timeout
@@ -133,6 +154,9 @@ impl IntoStatus for Error {
                 ReservationState::Held | ReservationState::Committed => "RESERVATION_ACTIVE",
             },
             Self::StockFixed { .. } => "SALE_STOCK_FIXED",
+            Self::BucketsFixed { .. } => "SALE_BUCKETS_FIXED",
+            Self::NotReplicated(_) => "REDIS_NOT_REPLICATED",
+            Self::Contended(_) => "STOCK_CONTENDED",
             Self::Oversold { .. } => "OVERSOLD",
             Self::Redis(_) | Self::Timeout(_) => match self.code() {
                 Code::Unavailable => "REDIS_UNAVAILABLE",
@@ -143,7 +167,11 @@ impl IntoStatus for Error {
     }
 
     fn retry_after(&self) -> Option<Duration> {
-        (self.code() == Code::Unavailable).then_some(Duration::from_secs(1))
+        match self.code() {
+            Code::Unavailable => Some(Duration::from_secs(1)),
+            Code::Aborted => Some(Duration::from_millis(50)),
+            _ => None,
+        }
     }
 
     fn details(&self) -> Vec<(&'static str, String)> {

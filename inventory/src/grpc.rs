@@ -79,6 +79,7 @@ pub fn sale_spec(sale: &pb::Sale) -> Result<SaleSpec, Error> {
         starts_at_ms: starts,
         ends_at_ms: ends,
         reservation_hold: hold,
+        stock_buckets: sale.stock_buckets.max(1),
     };
     spec.validate()?;
     Ok(spec)

@@ -13,6 +13,11 @@
 //! `COMMITTED`. Each transition is a compare-and-set inside its script, idempotent when repeated,
 //! refused when it does not apply.
 //!
+//! A hot item may split its stock into buckets on different slots, so several Redis Cluster
+//! masters share its reservations; [`buckets`] explains why the per-user limit, atomicity and
+//! the stock invariant still hold.
+//!
+//! - [`buckets`]: stock buckets for hot items (layout, transfers, the argument).
 //! - [`model`]: domain types ([`SaleSpec`], [`Reservation`], [`Outcome`], ...).
 //! - [`store`]: [`Inventory`], the core over Redis that tests and benchmarks call.
 //! - [`sweeper`]: releases reservations whose hold passed; replicas may run it at once.
@@ -20,6 +25,7 @@
 //! - [`grpc`]: the `flashsale.v1.Inventory` server over the core.
 //! - [`config`]: the `[inventory]` configuration section.
 
+pub mod buckets;
 pub mod config;
 mod error;
 pub mod grpc;

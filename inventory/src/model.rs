@@ -12,6 +12,8 @@ pub const MIN_HOLD: Duration = Duration::from_secs(1);
 pub const MAX_HOLD: Duration = Duration::from_secs(3600);
 /// Reservation hold when a sale does not say.
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(60);
+/// Most stock buckets one sale may be split into (see [`crate::buckets`]).
+pub const MAX_BUCKETS: u32 = 64;
 
 /// What the inventory needs to know of a sale.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,10 @@ pub struct SaleSpec {
     pub ends_at_ms: i64,
     /// How long a reservation is held before its order must be persisted.
     pub reservation_hold: Duration,
+    /// Stock buckets, 1..=[`MAX_BUCKETS`] and at most `stock`; fixed once loaded. 1 keeps the
+    /// whole sale in one hash slot; more spread a hot item over several Redis Cluster masters
+    /// (see [`crate::buckets`]).
+    pub stock_buckets: u32,
 }
 
 impl SaleSpec {
@@ -51,6 +57,18 @@ impl SaleSpec {
         }
         if self.ends_at_ms <= self.starts_at_ms {
             return Err(Error::invalid("ends_at", "must be after starts_at"));
+        }
+        if self.stock_buckets == 0
+            || self.stock_buckets > MAX_BUCKETS
+            || u64::from(self.stock_buckets) > self.stock
+        {
+            return Err(Error::invalid(
+                "stock_buckets",
+                format!(
+                    "{} is outside 1..={MAX_BUCKETS} or above the stock",
+                    self.stock_buckets
+                ),
+            ));
         }
         if !(MIN_HOLD..=MAX_HOLD).contains(&self.reservation_hold) {
             return Err(Error::invalid(

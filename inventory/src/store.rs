@@ -11,6 +11,7 @@ use secrecy::ExposeSecret;
 
 use crate::{
     Error,
+    buckets::{self, TransferScripts},
     model::{
         Audit, CommitOutcome, CommitResult, Expired, Loaded, MAX_COMMIT_BATCH, Outcome,
         ReleaseReason, Reservation, ReservationState, ReserveRequest, Reserved, SaleSpec,
@@ -35,6 +36,7 @@ struct Scripts {
     release: Script,
     expire: Script,
     rebuild: Script,
+    transfer: TransferScripts,
 }
 
 impl Scripts {
@@ -49,16 +51,25 @@ impl Scripts {
             release: s(include_str!("../lua/release.lua")),
             expire: s(include_str!("../lua/expire.lua")),
             rebuild: s(include_str!("../lua/rebuild.lua")),
+            transfer: TransferScripts::new(),
         }
     }
 }
 
-/// The keys of one sale, all in the `{sale_id}` hash slot, in the order the scripts expect.
-fn sale_keys(sale_id: &str) -> Vec<String> {
+/// The keys of one sale (or of one stock bucket, whose tag is `sale_id#k`), all in the
+/// `{tag}` hash slot, in the order the scripts expect.
+fn sale_keys(tag: &str) -> Vec<String> {
     ["sale", "users", "idem", "exp", "res"]
         .iter()
-        .map(|part| format!("fs:{{{sale_id}}}:{part}"))
+        .map(|part| format!("fs:{{{tag}}}:{part}"))
         .collect()
+}
+
+/// What the store remembers of a bucketed sale (fixed once loaded).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    buckets: u32,
+    batch: u64,
 }
 
 /// Cheap-to-clone handle on the inventory of every sale.
@@ -72,6 +83,10 @@ struct Inner {
     scripts: Scripts,
     signals: Option<Signals>,
     timeout: Duration,
+    replica_acks: u32,
+    replica_ack_timeout: Duration,
+    /// Sale -> layout, for sales seen loaded (a sale's bucket count never changes).
+    layouts: std::sync::RwLock<HashMap<String, Layout>>,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -119,27 +134,119 @@ impl Inventory {
                 scripts: Scripts::new(),
                 signals,
                 timeout,
+                replica_acks: config.replica_acks,
+                replica_ack_timeout: config.replica_ack_timeout,
+                layouts: Default::default(),
             }),
         })
     }
 
+    /// Runs a script over the keys of one sale (or bucket) tag and waits for the replicas
+    /// `redis.replica_acks` asks for.
     async fn eval(
         &self,
         script: &Script,
-        sale_id: &str,
+        tag: &str,
         args: Vec<Value>,
     ) -> Result<Vec<Value>, Error> {
+        self.eval_keys(script, sale_keys(tag), args).await
+    }
+
+    async fn eval_keys(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Vec<Value>, Error> {
+        self.eval_acked(script, keys, args, |_| true).await
+    }
+
+    /// Runs a script; when `changed` says its reply reports a write, waits until
+    /// `redis.replica_acks` replicas have it (on the same connection, so `WAIT` covers it).
+    /// An answer that changed nothing needs no replica.
+    async fn eval_acked(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        changed: fn(&[Value]) -> bool,
+    ) -> Result<Vec<Value>, Error> {
         let client = self.inner.redis.next();
-        let call = script.evalsha_with_reload::<Value, _, _>(client, sale_keys(sale_id), args);
-        let value = tokio::time::timeout(self.inner.timeout, call)
-            .await
-            .map_err(|_| Error::Timeout(self.inner.timeout))
-            .and_then(|r| r.map_err(Error::from))
-            .inspect_err(|_| crate::metrics::redis_error())?;
+        let first = keys.first().cloned().unwrap_or_default();
+        let call = async {
+            let value = script
+                .evalsha_with_reload::<Value, _, _>(client, keys, args)
+                .await?;
+            let wrote = match &value {
+                Value::Array(items) => changed(items),
+                _ => true,
+            };
+            let replicas = if wrote { self.inner.replica_acks } else { 0 };
+            let acked =
+                buckets::wait_replicas(client, &first, replicas, self.inner.replica_ack_timeout)
+                    .await?;
+            Ok::<_, fred::error::Error>((value, acked))
+        };
+        let (value, acked) =
+            tokio::time::timeout(self.inner.timeout + self.inner.replica_ack_timeout, call)
+                .await
+                .map_err(|_| Error::Timeout(self.inner.timeout))
+                .and_then(|r| r.map_err(Error::from))
+                .inspect_err(|_| crate::metrics::redis_error())?;
+        if !acked {
+            crate::metrics::redis_error();
+            return Err(Error::NotReplicated(self.inner.replica_ack_timeout));
+        }
         match value {
             Value::Array(items) => Ok(items),
+            Value::Integer(n) => Ok(vec![Value::Integer(n)]),
             other => Err(Error::Protocol(format!("expected an array, got {other:?}"))),
         }
+    }
+
+    /// The sale's layout: 1 bucket for an ordinary sale (or one not loaded yet).
+    async fn layout(&self, sale_id: &str) -> Result<Layout, Error> {
+        if let Some(layout) = self.inner.layouts.read().expect("poisoned").get(sale_id) {
+            return Ok(*layout);
+        }
+        let fields: Vec<Option<u64>> = self
+            .command(self.inner.redis.hmget(
+                buckets::hash_key(sale_id),
+                vec!["total", "buckets", "batch"],
+            ))
+            .await?;
+        let layout = match fields.as_slice() {
+            [Some(_), buckets, batch] => Layout {
+                buckets: buckets.unwrap_or(1) as u32,
+                batch: batch.unwrap_or(1),
+            },
+            _ => {
+                return Ok(Layout {
+                    buckets: 1,
+                    batch: 1,
+                });
+            }
+        };
+        self.inner
+            .layouts
+            .write()
+            .expect("poisoned")
+            .insert(sale_id.to_owned(), layout);
+        Ok(layout)
+    }
+
+    /// The hash tag holding a reservation of `sale_id`.
+    async fn reservation_tag(&self, sale_id: &str, reservation_id: &str) -> Result<String, Error> {
+        let layout = self.layout(sale_id).await?;
+        if layout.buckets <= 1 {
+            return Ok(sale_id.to_owned());
+        }
+        buckets::bucket_of(reservation_id, layout.buckets)
+            .map(|k| buckets::bucket_tag(sale_id, k))
+            .ok_or_else(|| Error::ReservationNotFound {
+                sale_id: sale_id.to_owned(),
+                reservation_id: reservation_id.to_owned(),
+            })
     }
 
     async fn command<T, F>(&self, call: F) -> Result<T, Error>
@@ -156,6 +263,9 @@ impl Inventory {
     /// stock counters; a different `stock` for a loaded sale is refused.
     pub async fn load_sale(&self, spec: &SaleSpec) -> Result<Loaded, Error> {
         spec.validate()?;
+        if spec.stock_buckets > 1 {
+            return self.load_bucketed(spec).await;
+        }
         let args = vec![
             Value::from(spec.stock as i64),
             Value::from(i64::from(spec.per_user_limit)),
@@ -183,6 +293,13 @@ impl Inventory {
                     requested: spec.stock,
                 });
             }
+            "BUCKETS_FIXED" => {
+                return Err(Error::BucketsFixed {
+                    sale_id: spec.sale_id.clone(),
+                    loaded: stock.total as u32,
+                    requested: 1,
+                });
+            }
             other => return Err(Error::Protocol(format!("load: {other}"))),
         };
         self.command(
@@ -192,6 +309,72 @@ impl Inventory {
         )
         .await?;
         Ok(Loaded { created, stock })
+    }
+
+    /// [`Self::load_sale`] for a sale split into stock buckets: the control record first (it
+    /// decides whether the sale exists), then each bucket, created empty.
+    async fn load_bucketed(&self, spec: &SaleSpec) -> Result<Loaded, Error> {
+        let n = spec.stock_buckets;
+        let batch = buckets::batch_size(spec.stock, n);
+        let hold = spec.reservation_hold.as_millis() as i64;
+        let scripts = &self.inner.scripts.transfer;
+        let reply = self
+            .eval_keys(
+                &scripts.control_load,
+                vec![buckets::hash_key(&spec.sale_id)],
+                vec![
+                    Value::from(spec.stock as i64),
+                    Value::from(i64::from(spec.per_user_limit)),
+                    Value::from(spec.starts_at_ms),
+                    Value::from(spec.ends_at_ms),
+                    Value::from(hold),
+                    Value::from(i64::from(n)),
+                    Value::from(batch as i64),
+                ],
+            )
+            .await?;
+        let created = match text(&reply, 0)?.as_str() {
+            "CREATED" => true,
+            "UPDATED" => false,
+            "STOCK_FIXED" => {
+                return Err(Error::StockFixed {
+                    sale_id: spec.sale_id.clone(),
+                    loaded: uint(&reply, 1)?,
+                    requested: spec.stock,
+                });
+            }
+            "BUCKETS_FIXED" => {
+                return Err(Error::BucketsFixed {
+                    sale_id: spec.sale_id.clone(),
+                    loaded: uint(&reply, 1)? as u32,
+                    requested: n,
+                });
+            }
+            other => return Err(Error::Protocol(format!("control load: {other}"))),
+        };
+        for k in 0..n {
+            self.eval_keys(
+                &scripts.bucket_load,
+                vec![buckets::hash_key(&buckets::bucket_tag(&spec.sale_id, k))],
+                vec![
+                    Value::from(i64::from(spec.per_user_limit)),
+                    Value::from(spec.starts_at_ms),
+                    Value::from(spec.ends_at_ms),
+                    Value::from(hold),
+                ],
+            )
+            .await?;
+        }
+        self.command(
+            self.inner
+                .redis
+                .sadd::<i64, _, _>(SALES_KEY, spec.sale_id.as_str()),
+        )
+        .await?;
+        Ok(Loaded {
+            created,
+            stock: self.stock(&spec.sale_id).await?,
+        })
     }
 
     /// Tries to reserve units (see [`Outcome`] for the answers that are not errors).
@@ -219,27 +402,216 @@ impl Inventory {
 
     async fn reserve_inner(&self, request: &ReserveRequest) -> Result<Reserved, Error> {
         request.validate()?;
+        let layout = self.layout(&request.sale_id).await?;
+        if layout.buckets > 1 {
+            return self.reserve_bucketed(request, layout).await;
+        }
         let reservation_id = uuid::Uuid::now_v7().to_string();
-        let args = vec![
-            Value::from(request.user_id.as_str()),
-            Value::from(i64::from(request.quantity)),
-            Value::from(request.idempotency_key.as_str()),
-            Value::from(reservation_id.as_str()),
-        ];
         let reply = self
-            .eval(&self.inner.scripts.reserve, &request.sale_id, args)
+            .eval_acked(
+                &self.inner.scripts.reserve,
+                sale_keys(&request.sale_id),
+                reserve_args(request, &reservation_id),
+                holds_a_reservation,
+            )
             .await?;
-        let status = text(&reply, 0)?;
+        self.reserve_reply(request, &reply, 1).await
+    }
+
+    /// Reserve for a bucketed sale (see [`crate::buckets`]): always in the buyer's home
+    /// bucket; a dry home bucket is refilled and the Reserve runs again; SOLD_OUT only when
+    /// the pool and every bucket are empty.
+    async fn reserve_bucketed(
+        &self,
+        request: &ReserveRequest,
+        layout: Layout,
+    ) -> Result<Reserved, Error> {
+        let home = buckets::home_bucket(&request.user_id, layout.buckets);
+        let tag = buckets::bucket_tag(&request.sale_id, home);
+        let reservation_id = buckets::reservation_id(&uuid::Uuid::now_v7().to_string(), home);
+        let args = reserve_args(request, &reservation_id);
+        for _ in 0..layout.buckets * buckets::MAX_ROUNDS_PER_BUCKET + 2 {
+            let reply = self
+                .eval_acked(
+                    &self.inner.scripts.reserve,
+                    sale_keys(&tag),
+                    args.clone(),
+                    holds_a_reservation,
+                )
+                .await?;
+            if text(&reply, 0)? != "SOLD_OUT" {
+                return self.reserve_reply(request, &reply, layout.buckets).await;
+            }
+            let wanted = u64::from(request.quantity);
+            if self.refill(&request.sale_id, layout, home, wanted).await? {
+                continue;
+            }
+            let seq = self
+                .command(self.inner.redis.hincrby::<u64, _, _>(
+                    buckets::hash_key(&request.sale_id),
+                    "sigseq",
+                    1,
+                ))
+                .await?;
+            self.publish_signal(&request.sale_id, true, 0, seq).await;
+            return Ok(Reserved {
+                outcome: Outcome::SoldOut,
+                available: 0,
+            });
+        }
+        Err(Error::Contended(request.sale_id.clone()))
+    }
+
+    /// Moves units into bucket `home`: a batch from the pool, else the units wanted from
+    /// another bucket, else whatever journalled transfers are left to settle. False when
+    /// there was nothing anywhere.
+    async fn refill(
+        &self,
+        sale_id: &str,
+        layout: Layout,
+        home: u32,
+        wanted: u64,
+    ) -> Result<bool, Error> {
+        let (given, mut journalled) = self
+            .transfer(sale_id, sale_id, "pool", home, layout.batch.max(wanted))
+            .await?;
+        if given > 0 {
+            return Ok(true);
+        }
+        let n = layout.buckets;
+        let offset = rand::random_range(0..n);
+        for i in 0..n {
+            let k = (offset + i) % n;
+            if k == home {
+                continue;
+            }
+            let tag = buckets::bucket_tag(sale_id, k);
+            let (given, pending) = self
+                .transfer(sale_id, &tag, "available", home, wanted)
+                .await?;
+            if given > 0 {
+                return Ok(true);
+            }
+            journalled += pending;
+        }
+        let home_tag = buckets::bucket_tag(sale_id, home);
+        journalled += self
+            .command(
+                self.inner
+                    .redis
+                    .hlen::<u64, _>(buckets::journal_key(&home_tag)),
+            )
+            .await?;
+        Ok(journalled > 0 && self.settle(sale_id).await? > 0)
+    }
+
+    /// Gives up to `want` units from the slot `from_tag` (its `field`) to bucket `to` and
+    /// credits them there. Returns the units moved and the entries left in the source's
+    /// journal.
+    async fn transfer(
+        &self,
+        sale_id: &str,
+        from_tag: &str,
+        field: &str,
+        to: u32,
+        want: u64,
+    ) -> Result<(u64, u64), Error> {
+        let transfer_id = uuid::Uuid::now_v7().to_string();
+        let reply = self
+            .eval_acked(
+                &self.inner.scripts.transfer.give,
+                vec![buckets::hash_key(from_tag), buckets::journal_key(from_tag)],
+                vec![
+                    Value::from(transfer_id.as_str()),
+                    Value::from(i64::from(to)),
+                    Value::from(want as i64),
+                    Value::from(field),
+                ],
+                |reply| int(reply, 0).is_ok_and(|n| n > 0),
+            )
+            .await?;
+        let given = uint(&reply, 0)?;
+        let pending = uint(&reply, 1)?;
+        if given > 0 {
+            self.credit(sale_id, from_tag, &transfer_id, to, given)
+                .await?;
+        }
+        Ok((given, pending))
+    }
+
+    /// Applies a journalled transfer to its bucket (once, however often it is called) and
+    /// clears the journal entry.
+    async fn credit(
+        &self,
+        sale_id: &str,
+        from_tag: &str,
+        transfer_id: &str,
+        to: u32,
+        units: u64,
+    ) -> Result<(), Error> {
+        let to_tag = buckets::bucket_tag(sale_id, to);
+        let reply = self
+            .eval_acked(
+                &self.inner.scripts.transfer.credit,
+                vec![buckets::hash_key(&to_tag), buckets::applied_key(&to_tag)],
+                vec![Value::from(transfer_id), Value::from(units as i64)],
+                |reply| int(reply, 0).is_ok_and(|n| n == 1),
+            )
+            .await?;
+        if int(&reply, 0)? < 0 {
+            return Err(Error::SaleNotFound(to_tag));
+        }
+        self.command(
+            self.inner
+                .redis
+                .hdel::<i64, _, _>(buckets::journal_key(from_tag), transfer_id),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Finishes every journalled transfer of a bucketed sale (left by a process that died
+    /// between Give and Credit, or still under way elsewhere). Returns the units credited.
+    pub async fn settle(&self, sale_id: &str) -> Result<u64, Error> {
+        flashsale_proto::rules::sale_id(sale_id)?;
+        let layout = self.layout(sale_id).await?;
+        if layout.buckets <= 1 {
+            return Ok(0);
+        }
+        let mut moved = 0;
+        let tags = std::iter::once(sale_id.to_owned())
+            .chain((0..layout.buckets).map(|k| buckets::bucket_tag(sale_id, k)));
+        for tag in tags {
+            let entries: HashMap<String, String> = self
+                .command(self.inner.redis.hgetall(buckets::journal_key(&tag)))
+                .await?;
+            for (transfer_id, entry) in entries {
+                let (to, units) = buckets::parse_journal(&entry)?;
+                self.credit(sale_id, &tag, &transfer_id, to, units).await?;
+                moved += units;
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn reserve_reply(
+        &self,
+        request: &ReserveRequest,
+        reply: &[Value],
+        buckets: u32,
+    ) -> Result<Reserved, Error> {
+        let status = text(reply, 0)?;
         let refused = |outcome| -> Result<Reserved, Error> {
             Ok(Reserved {
                 outcome,
-                available: uint(&reply, 1)?,
+                available: uint(reply, 1)?,
             })
         };
         match status.as_str() {
             "RESERVED" | "DUPLICATE" => {
-                let (reservation, available) =
-                    self.transition_reply(&request.sale_id, &reply).await?;
+                let (reservation, available) = self
+                    .transition_reply(&request.sale_id, reply, buckets)
+                    .await?;
                 Ok(Reserved {
                     outcome: Outcome::Reserved {
                         reservation,
@@ -267,8 +639,9 @@ impl Inventory {
         hold_until_ms: i64,
     ) -> Result<Transition, Error> {
         check_ids(sale_id, reservation_id)?;
+        let tag = self.reservation_tag(sale_id, reservation_id).await?;
         let args = vec![Value::from(reservation_id), Value::from(hold_until_ms)];
-        let reply = self.eval(&self.inner.scripts.commit, sale_id, args).await?;
+        let reply = self.eval(&self.inner.scripts.commit, &tag, args).await?;
         self.finish_transition("commit", sale_id, reservation_id, &reply)
             .await
     }
@@ -287,20 +660,73 @@ impl Inventory {
                 format!("must hold 1..={MAX_COMMIT_BATCH} reservations"),
             ));
         }
+        for (reservation_id, _) in items {
+            flashsale_proto::rules::text_id("reservation_id", reservation_id)?;
+        }
+        let layout = self.layout(sale_id).await?;
+        if layout.buckets <= 1 {
+            return self.commit_group(sale_id, sale_id, 1, items).await;
+        }
+        // One atomic call per bucket; an id naming no bucket of the sale does not exist.
+        let mut groups: HashMap<u32, Vec<(String, i64)>> = HashMap::new();
+        for item in items {
+            if let Some(k) = buckets::bucket_of(&item.0, layout.buckets) {
+                groups.entry(k).or_default().push(item.clone());
+            }
+        }
+        let mut results: HashMap<String, CommitResult> = HashMap::new();
+        for (k, group) in groups {
+            let tag = buckets::bucket_tag(sale_id, k);
+            for result in self
+                .commit_group(sale_id, &tag, layout.buckets, &group)
+                .await?
+            {
+                results.insert(result.reservation_id.clone(), result);
+            }
+        }
+        Ok(items
+            .iter()
+            .map(|(reservation_id, _)| {
+                results
+                    .get(reservation_id)
+                    .cloned()
+                    .unwrap_or(CommitResult {
+                        reservation_id: reservation_id.clone(),
+                        outcome: CommitOutcome::NotFound,
+                        state: None,
+                        release_reason: None,
+                    })
+            })
+            .collect())
+    }
+
+    /// CommitMany over the reservations of one slot.
+    async fn commit_group(
+        &self,
+        sale_id: &str,
+        tag: &str,
+        buckets: u32,
+        items: &[(String, i64)],
+    ) -> Result<Vec<CommitResult>, Error> {
         let mut args = Vec::with_capacity(items.len() * 2);
         for (reservation_id, hold_until_ms) in items {
-            flashsale_proto::rules::text_id("reservation_id", reservation_id)?;
             args.push(Value::from(reservation_id.as_str()));
             args.push(Value::from(*hold_until_ms));
         }
         let reply = self
-            .eval(&self.inner.scripts.commit_many, sale_id, args)
+            .eval(&self.inner.scripts.commit_many, tag, args)
             .await?;
         if text(&reply, 0)? == "NO_SALE" {
             return Err(Error::SaleNotFound(sale_id.to_owned()));
         }
-        self.signal(sale_id, int(&reply, 2)?, uint(&reply, 1)?, uint(&reply, 3)?)
-            .await;
+        self.signal(
+            sale_id,
+            buckets,
+            int(&reply, 2)?,
+            uint(&reply, 1)?,
+            uint(&reply, 3)?,
+        )
+        .await;
         items
             .iter()
             .enumerate()
@@ -328,10 +754,9 @@ impl Inventory {
     /// The reservation is paid: its units are sold. Refused once released.
     pub async fn confirm(&self, sale_id: &str, reservation_id: &str) -> Result<Transition, Error> {
         check_ids(sale_id, reservation_id)?;
+        let tag = self.reservation_tag(sale_id, reservation_id).await?;
         let args = vec![Value::from(reservation_id)];
-        let reply = self
-            .eval(&self.inner.scripts.confirm, sale_id, args)
-            .await?;
+        let reply = self.eval(&self.inner.scripts.confirm, &tag, args).await?;
         self.finish_transition("confirm", sale_id, reservation_id, &reply)
             .await
     }
@@ -345,10 +770,9 @@ impl Inventory {
         reason: ReleaseReason,
     ) -> Result<Transition, Error> {
         check_ids(sale_id, reservation_id)?;
+        let tag = self.reservation_tag(sale_id, reservation_id).await?;
         let args = vec![Value::from(reservation_id), Value::from(reason.as_str())];
-        let reply = self
-            .eval(&self.inner.scripts.release, sale_id, args)
-            .await?;
+        let reply = self.eval(&self.inner.scripts.release, &tag, args).await?;
         self.finish_transition("release", sale_id, reservation_id, &reply)
             .await
     }
@@ -371,7 +795,8 @@ impl Inventory {
             }
             _ => {}
         }
-        let (reservation, _) = self.transition_reply(sale_id, reply).await?;
+        let buckets = self.layout(sale_id).await?.buckets;
+        let (reservation, _) = self.transition_reply(sale_id, reply, buckets).await?;
         match status.as_str() {
             "OK" | "REVIVED" => Ok(Transition {
                 reservation,
@@ -394,6 +819,7 @@ impl Inventory {
         &self,
         sale_id: &str,
         reply: &[Value],
+        buckets: u32,
     ) -> Result<(Reservation, u64), Error> {
         let state = text(reply, 4)?;
         let expires = int(reply, 6)?;
@@ -412,29 +838,87 @@ impl Inventory {
             release_reason: ReleaseReason::parse(&reason),
         };
         let available = uint(reply, 9)?;
-        self.signal(sale_id, int(reply, 10)?, available, uint(reply, 11)?)
-            .await;
+        self.signal(
+            sale_id,
+            buckets,
+            int(reply, 10)?,
+            available,
+            uint(reply, 11)?,
+        )
+        .await;
         Ok((reservation, available))
     }
 
-    async fn signal(&self, sale_id: &str, signal: i64, available: u64, sequence: u64) {
-        if signal < 0 {
+    /// Publishes a script's stock signal. A bucket running dry says nothing of the sale (its
+    /// sold-out is announced by the Reserve that finds every bucket empty); a bucket whose
+    /// stock comes back does, numbered by the sale's own sequence.
+    async fn signal(&self, sale_id: &str, buckets: u32, signal: i64, available: u64, seq: u64) {
+        if signal < 0 || self.inner.signals.is_none() {
             return;
         }
-        if let Some(signals) = &self.inner.signals {
-            signals
-                .publish(sale_id, signal == 1, available, sequence)
+        if buckets <= 1 {
+            self.publish_signal(sale_id, signal == 1, available, seq)
                 .await;
+            return;
+        }
+        if signal == 1 {
+            return;
+        }
+        let seq = self
+            .command(
+                self.inner
+                    .redis
+                    .hincrby::<u64, _, _>(buckets::hash_key(sale_id), "sigseq", 1),
+            )
+            .await;
+        match seq {
+            Ok(seq) => self.publish_signal(sale_id, false, available, seq).await,
+            Err(e) => tracing::warn!(sale_id, error = %e, "back-in-stock signal not numbered"),
+        }
+    }
+
+    async fn publish_signal(&self, sale_id: &str, sold_out: bool, available: u64, seq: u64) {
+        if let Some(signals) = &self.inner.signals {
+            signals.publish(sale_id, sold_out, available, seq).await;
         }
     }
 
     /// Releases HELD reservations of `sale_id` whose hold has passed, at most `batch` of them.
+    /// For a bucketed sale, each bucket gets a pass and journalled transfers are settled.
     pub async fn expire_due(&self, sale_id: &str, batch: u32) -> Result<Expired, Error> {
         flashsale_proto::rules::sale_id(sale_id)?;
+        let layout = self.layout(sale_id).await?;
+        if layout.buckets <= 1 {
+            return self.expire_slot(sale_id, sale_id, 1, batch).await;
+        }
+        let mut all = Expired {
+            finished: true,
+            ..Expired::default()
+        };
+        for k in 0..layout.buckets {
+            let tag = buckets::bucket_tag(sale_id, k);
+            let expired = self
+                .expire_slot(sale_id, &tag, layout.buckets, batch)
+                .await?;
+            all.released.extend(expired.released);
+            all.available += expired.available;
+            all.finished &= expired.finished;
+        }
+        self.settle(sale_id).await?;
+        Ok(all)
+    }
+
+    async fn expire_slot(
+        &self,
+        sale_id: &str,
+        tag: &str,
+        buckets: u32,
+        batch: u32,
+    ) -> Result<Expired, Error> {
         let reply = self
             .eval(
                 &self.inner.scripts.expire,
-                sale_id,
+                tag,
                 vec![Value::from(i64::from(batch))],
             )
             .await?;
@@ -446,8 +930,14 @@ impl Inventory {
             available,
             finished: int(&reply, 4)? == 1,
         };
-        self.signal(sale_id, int(&reply, 2)?, available, uint(&reply, 3)?)
-            .await;
+        self.signal(
+            sale_id,
+            buckets,
+            int(&reply, 2)?,
+            available,
+            uint(&reply, 3)?,
+        )
+        .await;
         Ok(expired)
     }
 
@@ -460,42 +950,80 @@ impl Inventory {
         reservations: &[Reservation],
     ) -> Result<StockLevel, Error> {
         spec.validate()?;
-        let mut args = vec![
-            Value::from(spec.stock as i64),
-            Value::from(i64::from(spec.per_user_limit)),
-            Value::from(spec.starts_at_ms),
-            Value::from(spec.ends_at_ms),
-            Value::from(spec.reservation_hold.as_millis() as i64),
-        ];
-        for r in reservations {
-            check_ids(&spec.sale_id, &r.reservation_id)?;
-            flashsale_proto::rules::text_id("user_id", &r.user_id)?;
-            if !matches!(
-                r.state,
-                ReservationState::Committed | ReservationState::Confirmed
-            ) {
-                return Err(Error::invalid(
-                    "reservations",
-                    format!(
-                        "{} is {}; only COMMITTED and CONFIRMED are rebuilt",
-                        r.reservation_id,
-                        r.state.as_str()
-                    ),
-                ));
-            }
-            args.extend([
-                Value::from(r.reservation_id.as_str()),
-                Value::from(r.user_id.as_str()),
-                Value::from(i64::from(r.quantity)),
-                Value::from(r.state.as_str()),
-                Value::from(r.created_at_ms),
-                Value::from(r.expires_at_ms.unwrap_or(0)),
-                Value::from(r.idempotency_key.as_str()),
-            ]);
+        if spec.stock_buckets > 1 {
+            return self.rebuild_bucketed(spec, reservations).await;
         }
-        let reply = self
-            .eval(&self.inner.scripts.rebuild, &spec.sale_id, args)
-            .await?;
+        let args = rebuild_args(spec, spec.stock as i64, reservations)?;
+        self.finish_rebuild(spec, &spec.sale_id, args).await
+    }
+
+    /// [`Self::rebuild`] of a bucketed sale, bucket by bucket (each reservation id names its
+    /// bucket): every bucket is rebuilt to exactly the units its orders and its own HELD
+    /// reservations have, journalled transfers are dropped, and the pool gets the rest. Not
+    /// atomic across buckets: it is an operator's repair, run while the sale takes no traffic.
+    async fn rebuild_bucketed(
+        &self,
+        spec: &SaleSpec,
+        reservations: &[Reservation],
+    ) -> Result<StockLevel, Error> {
+        let n = spec.stock_buckets;
+        let units: u64 = reservations.iter().map(|r| u64::from(r.quantity)).sum();
+        if units > spec.stock {
+            return Err(Error::Oversold {
+                sale_id: spec.sale_id.clone(),
+                units,
+                stock: spec.stock,
+            });
+        }
+        let mut groups: Vec<Vec<Reservation>> = vec![Vec::new(); n as usize];
+        for r in reservations {
+            let k = buckets::bucket_of(&r.reservation_id, n).ok_or_else(|| {
+                Error::invalid(
+                    "reservations",
+                    format!("{} names no stock bucket of the sale", r.reservation_id),
+                )
+            })?;
+            groups[k as usize].push(r.clone());
+        }
+        let args: Vec<Vec<Value>> = groups
+            .iter()
+            .map(|group| rebuild_args(spec, -1, group))
+            .collect::<Result<_, _>>()?;
+        self.load_sale(spec).await?;
+        let mut given = 0;
+        for (k, args) in args.into_iter().enumerate() {
+            let tag = buckets::bucket_tag(&spec.sale_id, k as u32);
+            given += self.finish_rebuild(spec, &tag, args).await?.total;
+        }
+        let tags = std::iter::once(spec.sale_id.clone())
+            .chain((0..n).map(|k| buckets::bucket_tag(&spec.sale_id, k)));
+        for tag in tags {
+            self.command(self.inner.redis.del::<i64, _>(buckets::journal_key(&tag)))
+                .await?;
+        }
+        let Some(pool) = spec.stock.checked_sub(given) else {
+            return Err(Error::Oversold {
+                sale_id: spec.sale_id.clone(),
+                units: given,
+                stock: spec.stock,
+            });
+        };
+        self.command(
+            self.inner
+                .redis
+                .hset::<i64, _, _>(buckets::hash_key(&spec.sale_id), ("pool", pool as i64)),
+        )
+        .await?;
+        self.stock(&spec.sale_id).await
+    }
+
+    async fn finish_rebuild(
+        &self,
+        spec: &SaleSpec,
+        tag: &str,
+        args: Vec<Value>,
+    ) -> Result<StockLevel, Error> {
+        let reply = self.eval(&self.inner.scripts.rebuild, tag, args).await?;
         let stock = StockLevel {
             total: uint(&reply, 1)?,
             available: uint(&reply, 2)?,
@@ -535,9 +1063,79 @@ impl Inventory {
     }
 
     /// A sale's stock counters.
+    /// For a bucketed sale: the pool, every bucket and the units journalled between them.
     pub async fn stock(&self, sale_id: &str) -> Result<StockLevel, Error> {
         flashsale_proto::rules::sale_id(sale_id)?;
-        let key = &sale_keys(sale_id)[0];
+        let layout = self.layout(sale_id).await?;
+        if layout.buckets > 1 {
+            return Ok(self.bucket_stock(sale_id, layout).await?.0);
+        }
+        self.slot_stock(sale_id, sale_id).await
+    }
+
+    /// The stock of a bucketed sale and of each of its buckets.
+    pub async fn bucket_levels(&self, sale_id: &str) -> Result<Vec<StockLevel>, Error> {
+        flashsale_proto::rules::sale_id(sale_id)?;
+        let layout = self.layout(sale_id).await?;
+        if layout.buckets <= 1 {
+            return Ok(vec![self.stock(sale_id).await?]);
+        }
+        Ok(self.bucket_stock(sale_id, layout).await?.1)
+    }
+
+    async fn bucket_stock(
+        &self,
+        sale_id: &str,
+        layout: Layout,
+    ) -> Result<(StockLevel, Vec<StockLevel>), Error> {
+        let control: Vec<Option<u64>> = self
+            .command(
+                self.inner
+                    .redis
+                    .hmget(buckets::hash_key(sale_id), vec!["total", "pool"]),
+            )
+            .await?;
+        let [Some(total), Some(pool)] = control.as_slice() else {
+            return Err(Error::SaleNotFound(sale_id.to_owned()));
+        };
+        let mut sale = StockLevel {
+            total: *total,
+            available: *pool,
+            held: 0,
+            sold: 0,
+        };
+        let mut levels = Vec::with_capacity(layout.buckets as usize);
+        let tags = std::iter::once(sale_id.to_owned())
+            .chain((0..layout.buckets).map(|k| buckets::bucket_tag(sale_id, k)));
+        for (i, tag) in tags.enumerate() {
+            if i > 0 {
+                let level = self.slot_stock(sale_id, &tag).await?;
+                sale.available += level.available;
+                sale.held += level.held;
+                sale.sold += level.sold;
+                levels.push(level);
+            }
+            let journal: HashMap<String, String> = self
+                .command(self.inner.redis.hgetall(buckets::journal_key(&tag)))
+                .await?;
+            for (transfer_id, entry) in journal {
+                let (to, units) = buckets::parse_journal(&entry)?;
+                let applied: bool = self
+                    .command(self.inner.redis.sismember(
+                        buckets::applied_key(&buckets::bucket_tag(sale_id, to)),
+                        transfer_id,
+                    ))
+                    .await?;
+                if !applied {
+                    sale.available += units;
+                }
+            }
+        }
+        Ok((sale, levels))
+    }
+
+    async fn slot_stock(&self, sale_id: &str, tag: &str) -> Result<StockLevel, Error> {
+        let key = &sale_keys(tag)[0];
         let fields: Vec<Option<u64>> = self
             .command(
                 self.inner
@@ -563,7 +1161,8 @@ impl Inventory {
         reservation_id: &str,
     ) -> Result<Reservation, Error> {
         check_ids(sale_id, reservation_id)?;
-        let key = &sale_keys(sale_id)[4];
+        let tag = self.reservation_tag(sale_id, reservation_id).await?;
+        let key = &sale_keys(&tag)[4];
         let raw: Option<String> = self
             .command(self.inner.redis.hget(key, reservation_id))
             .await?;
@@ -576,18 +1175,33 @@ impl Inventory {
 
     /// Reads every counter and record of a sale and adds them up (for tests, benchmarks and
     /// reconciliation; it reads the whole sale, so it is not for the hot path).
+    /// A bucketed sale's buckets are added up together.
     pub async fn audit(&self, sale_id: &str) -> Result<Audit, Error> {
-        let keys = sale_keys(sale_id);
         let stock = self.stock(sale_id).await?;
-        let counted: HashMap<String, u64> =
-            self.command(self.inner.redis.hgetall(&keys[1])).await?;
-        let records: HashMap<String, String> =
-            self.command(self.inner.redis.hgetall(&keys[4])).await?;
+        let layout = self.layout(sale_id).await?;
+        let tags: Vec<String> = if layout.buckets <= 1 {
+            vec![sale_id.to_owned()]
+        } else {
+            (0..layout.buckets)
+                .map(|k| buckets::bucket_tag(sale_id, k))
+                .collect()
+        };
         let mut audit = Audit {
             stock,
-            counted_by_user: counted,
             ..Audit::default()
         };
+        let mut records: HashMap<String, String> = HashMap::new();
+        for tag in tags {
+            let keys = sale_keys(&tag);
+            let counted: HashMap<String, u64> =
+                self.command(self.inner.redis.hgetall(&keys[1])).await?;
+            for (user, units) in counted {
+                *audit.counted_by_user.entry(user).or_default() += units;
+            }
+            let slot: HashMap<String, String> =
+                self.command(self.inner.redis.hgetall(&keys[4])).await?;
+            records.extend(slot);
+        }
         for (id, raw) in records {
             let r = parse_record(sale_id, &id, &raw)?;
             let units = u64::from(r.quantity);
@@ -617,6 +1231,62 @@ impl Inventory {
         );
         self.command(call).await
     }
+}
+
+/// The Rebuild script's arguments (`total` -1: fit a bucket to its reservations).
+fn rebuild_args(
+    spec: &SaleSpec,
+    total: i64,
+    reservations: &[Reservation],
+) -> Result<Vec<Value>, Error> {
+    let mut args = vec![
+        Value::from(total),
+        Value::from(i64::from(spec.per_user_limit)),
+        Value::from(spec.starts_at_ms),
+        Value::from(spec.ends_at_ms),
+        Value::from(spec.reservation_hold.as_millis() as i64),
+    ];
+    for r in reservations {
+        check_ids(&spec.sale_id, &r.reservation_id)?;
+        flashsale_proto::rules::text_id("user_id", &r.user_id)?;
+        if !matches!(
+            r.state,
+            ReservationState::Committed | ReservationState::Confirmed
+        ) {
+            return Err(Error::invalid(
+                "reservations",
+                format!(
+                    "{} is {}; only COMMITTED and CONFIRMED are rebuilt",
+                    r.reservation_id,
+                    r.state.as_str()
+                ),
+            ));
+        }
+        args.extend([
+            Value::from(r.reservation_id.as_str()),
+            Value::from(r.user_id.as_str()),
+            Value::from(i64::from(r.quantity)),
+            Value::from(r.state.as_str()),
+            Value::from(r.created_at_ms),
+            Value::from(r.expires_at_ms.unwrap_or(0)),
+            Value::from(r.idempotency_key.as_str()),
+        ]);
+    }
+    Ok(args)
+}
+
+/// A Reserve reply that hands the buyer a reservation (new or the one their key made).
+fn holds_a_reservation(reply: &[Value]) -> bool {
+    matches!(text(reply, 0).as_deref(), Ok("RESERVED" | "DUPLICATE"))
+}
+
+fn reserve_args(request: &ReserveRequest, reservation_id: &str) -> Vec<Value> {
+    vec![
+        Value::from(request.user_id.as_str()),
+        Value::from(i64::from(request.quantity)),
+        Value::from(request.idempotency_key.as_str()),
+        Value::from(reservation_id),
+    ]
 }
 
 fn check_ids(sale_id: &str, reservation_id: &str) -> Result<(), Error> {

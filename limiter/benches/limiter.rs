@@ -108,6 +108,7 @@ fn main() {
         url: redis.url().into(),
         command_timeout: Duration::from_secs(1),
         pool_size: 4,
+        ..Default::default()
     };
     let global = rt
         .block_on(GlobalLimits::connect(

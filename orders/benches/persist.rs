@@ -70,6 +70,7 @@ async fn world() -> World {
             url: redis.url().into(),
             command_timeout: Duration::from_secs(10),
             pool_size: 4,
+            ..Default::default()
         },
         None,
     )
@@ -114,6 +115,7 @@ async fn world() -> World {
         starts_at_ms: now - 1000,
         ends_at_ms: now + 3_600_000,
         reservation_hold: Duration::from_secs(3600),
+        stock_buckets: 1,
     };
     inventory.load_sale(&sale).await.unwrap();
     pipeline
@@ -131,6 +133,7 @@ async fn world() -> World {
             payment_window_ms: 900_000,
             ended_at: None,
             created_at: chrono::Utc::now(),
+            stock_buckets: 1,
         })
         .await
         .unwrap();

@@ -170,6 +170,7 @@ impl OrderStore {
             payment_window_ms: Set(sale.payment_window_ms),
             ended_at: Set(None),
             created_at: Set(Utc::now()),
+            stock_buckets: Set(sale.stock_buckets),
         };
         match sales::Entity::insert(active)
             .on_conflict_do_nothing()

@@ -83,3 +83,190 @@ async fn sales_spread_over_a_three_master_cluster_keep_every_guarantee() {
         );
     }
 }
+
+/// The outcome of a run of attempts against one sale.
+#[derive(Debug, Default)]
+struct Run {
+    /// Reservations the buyers were told they have, by user.
+    reserved: HashMap<String, Vec<String>>,
+    sold_out: usize,
+    user_limit: usize,
+    errors: usize,
+}
+
+/// `attempts` reserves of one unit from `users` buyers, 256 at a time; `done` counts them.
+async fn run_attempts(
+    inventory: Inventory,
+    sale: flashsale_inventory::SaleSpec,
+    attempts: usize,
+    users: usize,
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Run {
+    use futures::StreamExt;
+    let mut answers = futures::stream::iter(0..attempts)
+        .map(|i| {
+            let inventory = inventory.clone();
+            let request = request(&sale, &format!("buyer-{}", i % users), 1, "");
+            let done = done.clone();
+            async move {
+                let answer = inventory.reserve(&request).await;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                answer
+            }
+        })
+        .buffer_unordered(256);
+    let mut run = Run::default();
+    while let Some(answer) = answers.next().await {
+        match answer.map(|a| a.outcome) {
+            Ok(Outcome::Reserved { reservation, .. }) => run
+                .reserved
+                .entry(reservation.user_id.clone())
+                .or_default()
+                .push(reservation.reservation_id),
+            Ok(Outcome::SoldOut) => run.sold_out += 1,
+            Ok(Outcome::UserLimit) => run.user_limit += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => run.errors += 1,
+        }
+    }
+    run
+}
+
+/// A hot-item sale whose 8 buckets (and control record) sit on every master.
+async fn hot_sale(cluster: &RedisCluster, stock: u64) -> flashsale_inventory::SaleSpec {
+    loop {
+        let sale = flashsale_inventory::SaleSpec {
+            stock_buckets: 8,
+            ..open_sale(stock, 1)
+        };
+        let mut masters = BTreeSet::new();
+        for k in 0..8 {
+            let key = format!("fs:{{{}#{k}}}:sale", sale.sale_id);
+            masters.insert(cluster.master_of(&key).await.unwrap());
+        }
+        if masters.len() == 3 {
+            return sale;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_item_in_eight_buckets_on_three_masters_sells_exactly_its_stock() {
+    flashsale_runtime::telemetry::init_for_tests();
+    let cluster = RedisCluster::start(3, 0).await.expect("cluster starts");
+    let mut config = redis_config(&cluster.url());
+    config.command_timeout = Duration::from_secs(30);
+    let inventory = Inventory::connect(&config, None).await.unwrap();
+    let sale = hot_sale(&cluster, 5_000).await;
+    inventory.load_sale(&sale).await.unwrap();
+
+    let run = run_attempts(
+        inventory.clone(),
+        sale.clone(),
+        100_000,
+        50_000,
+        Default::default(),
+    )
+    .await;
+    let units: usize = run.reserved.values().map(Vec::len).sum();
+    assert_eq!(run.errors, 0, "{run:?}");
+    assert_eq!(units, 5_000, "exactly the stock is sold");
+    assert_eq!(run.reserved.len(), 5_000, "no buyer twice");
+    assert!(
+        run.sold_out > 0 && run.user_limit > 0,
+        "{} sold out, {} at their limit",
+        run.sold_out,
+        run.user_limit
+    );
+
+    // Buyers were told sold out: then no bucket (nor the pool) may have kept a unit.
+    let levels = inventory.bucket_levels(&sale.sale_id).await.unwrap();
+    assert_eq!(levels.len(), 8);
+    assert!(levels.iter().all(|l| l.available == 0), "{levels:?}");
+    assert!(
+        levels.iter().all(|l| l.held > 0),
+        "every bucket sold some: {levels:?}"
+    );
+    let audit = assert_consistent(&inventory, &sale.sale_id).await;
+    assert_eq!((audit.stock.available, audit.stock.held), (0, 5_000));
+    assert!(audit.units_by_user.values().all(|&u| u == 1));
+    for (user, ids) in &run.reserved {
+        let held = inventory.reservation(&sale.sale_id, &ids[0]).await.unwrap();
+        assert_eq!(held.user_id, *user);
+        assert_eq!(held.state, ReservationState::Held);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_sale_oversells_nothing() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    flashsale_runtime::telemetry::init_for_tests();
+    let mut cluster = RedisCluster::start(3, 1).await.expect("cluster starts");
+    let mut config = redis_config(&cluster.url());
+    config.command_timeout = Duration::from_secs(2);
+    // An answer is given only once a replica has the write.
+    config.replica_acks = 1;
+    config.replica_ack_timeout = Duration::from_millis(500);
+    let inventory = Inventory::connect(&config, None).await.unwrap();
+    let sale = hot_sale(&cluster, 5_000).await;
+    inventory.load_sale(&sale).await.unwrap();
+    let victim = cluster
+        .master_of(&format!("fs:{{{}#0}}:sale", sale.sale_id))
+        .await
+        .unwrap();
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let load = tokio::spawn(run_attempts(
+        inventory.clone(),
+        sale.clone(),
+        100_000,
+        50_000,
+        done.clone(),
+    ));
+    while done.load(Ordering::Relaxed) < 2_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.nodes()[victim].kill();
+    // Its replica takes over; the killed node comes back (as a pod would) and rejoins as the
+    // new master's replica, so writes there can be acknowledged again.
+    let key = format!("fs:{{{}#0}}:sale", sale.sale_id);
+    while cluster.master_of(&key).await.ok() == Some(victim)
+        || cluster.master_of(&key).await.is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.wait_ok().await.unwrap();
+    cluster.nodes()[victim].restart().await.unwrap();
+    cluster.wait_ok().await.unwrap();
+    cluster.wait_replicas_synced().await.unwrap();
+    let run = load.await.unwrap();
+    // Journalled transfers the failover cut in half are settled, as the sweeper would.
+    inventory.settle(&sale.sale_id).await.unwrap();
+
+    let units: usize = run.reserved.values().map(Vec::len).sum();
+    let audit = assert_consistent(&inventory, &sale.sale_id).await;
+    assert!(units <= 5_000, "oversold: {units} reservations answered");
+    assert!(
+        run.reserved.values().all(|ids| ids.len() == 1),
+        "a buyer twice"
+    );
+    assert!(
+        audit.stock.held <= 5_000 && audit.stock.total == 5_000,
+        "{:?}",
+        audit.stock
+    );
+    assert!(audit.units_by_user.values().all(|&u| u == 1));
+    // Every answered reservation survived the failover.
+    for (user, ids) in &run.reserved {
+        let held = inventory.reservation(&sale.sale_id, &ids[0]).await.unwrap();
+        assert_eq!((&held.user_id, held.state), (user, ReservationState::Held));
+    }
+    assert!(run.errors > 0, "the kill was felt: {run:?}");
+    eprintln!(
+        "answered {units} reservations, {} sold out, {} at their limit, {} errors; Redis holds {} of 5,000",
+        run.sold_out, run.user_limit, run.errors, audit.stock.held
+    );
+}

@@ -41,6 +41,7 @@ fn sale(id: &str, stock: u64, limit: u32) -> pb::Sale {
         reservation_hold: Some(duration(30_000)),
         payment_window: None,
         state: 0,
+        stock_buckets: 0,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Inventory tests against a real, throwaway redis-server (and nats-server for signals).
 
+mod buckets;
 mod cluster;
 mod expiry;
 mod grpc;
@@ -19,6 +20,7 @@ pub(crate) fn redis_config(url: &str) -> RedisConfig {
         url: url.to_owned().into(),
         command_timeout: Duration::from_millis(500),
         pool_size: 4,
+        ..Default::default()
     }
 }
 
@@ -53,6 +55,7 @@ pub(crate) fn open_sale(stock: u64, per_user_limit: u32) -> SaleSpec {
         starts_at_ms: now - 1_000,
         ends_at_ms: now + 3_600_000,
         reservation_hold: Duration::from_secs(60),
+        stock_buckets: 1,
     }
 }
 

@@ -38,6 +38,7 @@ pub(crate) fn redis_config(url: &str) -> RedisConfig {
         url: url.to_owned().into(),
         command_timeout: Duration::from_millis(200),
         pool_size: 2,
+        ..Default::default()
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Model {
     pub ended_at: Option<DateTimeUtc>,
     /// When the row was written.
     pub created_at: DateTimeUtc,
+    /// Stock buckets in the inventory (1 = the whole sale in one Redis slot).
+    pub stock_buckets: i32,
 }
 
 /// No relations are navigated from code.

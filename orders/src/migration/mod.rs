@@ -3,6 +3,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_sales_and_orders;
+mod m20261126_000002_stock_buckets;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -11,6 +12,18 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261126_000001_sales_and_orders::Migration)]
+        vec![
+            Box::new(m20261126_000001_sales_and_orders::Migration),
+            Box::new(m20261126_000002_stock_buckets::Migration),
+        ]
     }
+}
+
+/// Runs one migration's SQL.
+async fn execute(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    manager
+        .get_connection()
+        .execute_unprepared(sql)
+        .await
+        .map(drop)
 }

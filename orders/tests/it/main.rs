@@ -76,6 +76,7 @@ async fn start_harness() -> Harness {
             url: redis.url().into(),
             command_timeout: Duration::from_secs(10),
             pool_size: 4,
+            ..Default::default()
         },
         None,
     )
@@ -133,6 +134,7 @@ impl Harness {
             starts_at_ms: now.timestamp_millis() - 1000,
             ends_at_ms: now.timestamp_millis() + 3_600_000,
             reservation_hold: Duration::from_secs(600),
+            stock_buckets: 1,
         };
         self.pipeline
             .store
@@ -149,6 +151,7 @@ impl Harness {
                 payment_window_ms: payment_window.as_millis() as i64,
                 ended_at: None,
                 created_at: now,
+                stock_buckets: 1,
             })
             .await
             .unwrap();

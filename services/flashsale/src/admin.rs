@@ -94,6 +94,7 @@ pub(crate) async fn sale(command: SaleCommand, config: &MeshConfig) -> Result<()
             duration: open_for,
             hold,
             payment_window,
+            stock_buckets,
         } => {
             let (channel, token) = admin_client(&gateway, config).await?;
             let mut client = SaleAdminClient::new(channel);
@@ -110,6 +111,7 @@ pub(crate) async fn sale(command: SaleCommand, config: &MeshConfig) -> Result<()
                 reservation_hold: Some(duration(hold.as_millis() as u64)),
                 payment_window: Some(duration(payment_window.as_millis() as u64)),
                 state: 0,
+                stock_buckets,
             };
             let created = client
                 .create_sale(authorized(

@@ -242,6 +242,10 @@ pub(crate) enum SaleCommand {
         /// Time to pay once ordered.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         payment_window: std::time::Duration,
+        /// Stock buckets for a hot item: more than 1 spreads its stock over several Redis
+        /// Cluster masters (1..=64, at most the stock).
+        #[arg(long, default_value_t = 1)]
+        stock_buckets: u32,
     },
     /// List sales.
     List {

@@ -204,6 +204,7 @@ async fn demo(
         reservation_hold: Some(duration(30_000)),
         payment_window: Some(duration(600_000)),
         state: 0,
+        stock_buckets: 0,
     };
     let mut admin = SaleAdminClient::new(connect(gateway).await?);
     let mut create = tonic::Request::new(pb::CreateSaleRequest { sale: Some(sale) });

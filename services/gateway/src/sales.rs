@@ -48,6 +48,7 @@ pub fn sale_pb(sale: &sales::Model) -> pb::Sale {
         reservation_hold: Some(duration(sale.reservation_hold_ms as u64)),
         payment_window: Some(duration(sale.payment_window_ms as u64)),
         state: state(sale, flashsale_proto::time::now_ms()) as i32,
+        stock_buckets: sale.stock_buckets as u32,
     }
 }
 
@@ -73,6 +74,16 @@ pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
     }
     if sale.per_user_limit == 0 || u64::from(sale.per_user_limit) > sale.stock {
         return Err(Error::invalid("per_user_limit", "must be within 1..=stock"));
+    }
+    let buckets = sale.stock_buckets.max(1);
+    if buckets > flashsale_inventory::model::MAX_BUCKETS || u64::from(buckets) > sale.stock {
+        return Err(Error::invalid(
+            "stock_buckets",
+            format!(
+                "must be within 1..={} and at most the stock",
+                flashsale_inventory::model::MAX_BUCKETS
+            ),
+        ));
     }
     if !(0..=1_000_000_000_000).contains(&sale.unit_price_minor) {
         return Err(Error::invalid(
@@ -131,6 +142,7 @@ pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
         payment_window_ms: window.as_millis() as i64,
         ended_at: None,
         created_at: Utc::now(),
+        stock_buckets: buckets as i32,
     })
 }
 

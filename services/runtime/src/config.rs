@@ -433,6 +433,15 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Connections in the pool.
     pub pool_size: usize,
+    /// Replicas that must have a write before the inventory acknowledges it (Redis `WAIT`);
+    /// 0 acknowledges what the master has. With replicas configured, 1 means a master killed
+    /// right after an answer cannot take that answer's write with it: a failover promotes a
+    /// replica that has it. A write the replicas do not confirm in time answers UNAVAILABLE
+    /// (retry with the same idempotency key).
+    pub replica_acks: u32,
+    /// Most time to wait for `replica_acks` replicas.
+    #[serde(with = "humantime_serde")]
+    pub replica_ack_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -441,6 +450,8 @@ impl Default for RedisConfig {
             url: SecretString::from("redis://127.0.0.1:6379"),
             command_timeout: Duration::from_millis(500),
             pool_size: 4,
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_millis(200),
         }
     }
 }
@@ -471,6 +482,15 @@ impl Validate for RedisConfig {
         if !(1..=256).contains(&self.pool_size) {
             return Err(Invalid::new("pool_size", "must be within 1..=256"));
         }
+        if self.replica_acks > 16 {
+            return Err(Invalid::new("replica_acks", "must be within 0..=16"));
+        }
+        check_range(
+            "replica_ack_timeout",
+            self.replica_ack_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(10),
+        )?;
         Ok(())
     }
 }

@@ -231,6 +231,7 @@ pub(crate) async fn redis_script(
         starts_at_ms: now - 1_000,
         ends_at_ms: now + 3_600_000,
         reservation_hold: Duration::from_secs(3600),
+        stock_buckets: 1,
     };
     inventory.load_sale(&sale).await?;
     let reserved = Arc::new(AtomicU64::new(0));

@@ -228,6 +228,7 @@ async fn create_sale(
             reservation_hold: Some(duration(120_000)),
             payment_window: Some(duration(3_600_000)),
             state: 0,
+            stock_buckets: 0,
         }),
     });
     request.metadata_mut().insert(
@@ -570,6 +571,7 @@ pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
             url: mesh.config.redis.url.expose_secret().to_owned().into(),
             command_timeout: Duration::from_secs(10),
             pool_size: 8,
+            ..Default::default()
         };
         let core = flashsale_inventory::Inventory::connect(&redis, None).await?;
         let rate = baselines::redis_script(&core, 50_000, args.concurrency).await?;

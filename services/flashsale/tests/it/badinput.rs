@@ -251,6 +251,7 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
         reservation_hold: Some(duration(30_000)),
         payment_window: Some(duration(600_000)),
         state: 0,
+        stock_buckets: 0,
     };
     let sale_with = |edit: fn(&mut pb::Sale)| {
         let mut sale = good_sale();

@@ -159,6 +159,7 @@ async fn create_sale(mesh: &Mesh, stock: u64, limit: u32) -> pb::Sale {
             reservation_hold: Some(duration(HOLD_MS)),
             payment_window: Some(duration(600_000)),
             state: 0,
+            stock_buckets: 0,
         }),
     });
     request

@@ -49,6 +49,7 @@ pub(crate) async fn create_sale(
                     reservation_hold: Some(duration(30_000)),
                     payment_window: Some(duration(payment_window_ms)),
                     state: 0,
+                    stock_buckets: 0,
                 }),
             },
             &token,

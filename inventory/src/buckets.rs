@@ -1,0 +1,209 @@
+//! Stock buckets: one hot item's stock spread over several Redis Cluster masters.
+//!
+//! One sale normally lives in one hash slot (`{sale_id}`), so one Redis master decides all of
+//! its reservations. A sale loaded with `stock_buckets = N > 1` keeps
+//!
+//! - a **control record** in its own slot, `fs:{sale_id}:sale`: the spec, `buckets = N`, the
+//!   refill `batch`, and `pool`, the units no bucket has been given yet (all of them at first);
+//! - **N buckets**, bucket `k` in slot `{sale_id#k}` (`#` never occurs in a sale id, so no
+//!   bucket can share a tag with another sale): each is a complete single-slot sale of the
+//!   ordinary layout (`sale`, `users`, `idem`, `exp`, `res`) whose `total` is the units it has
+//!   been given so far; the ordinary scripts (Reserve, Commit, Confirm, Release, Expire) run on
+//!   it unchanged;
+//! - per slot, a transfer **journal** `:out` (units that left it, not yet confirmed applied)
+//!   and, per bucket, the set `:in` of transfer ids it has applied.
+//!
+//! # Why the per-user limit and atomicity hold
+//!
+//! A buyer's **home bucket** is `CRC16(user_id) mod N` (Redis's own key-slot hash: fixed by the
+//! Redis protocol, so every replica of every version computes the same bucket). Everything about
+//! a buyer — the units they hold or own, their idempotency keys, their reservations — lives in
+//! their home bucket only, and a reservation is always made there, by the one Reserve script
+//! that checks the window, the idempotency key, the per-user limit and the bucket's stock
+//! atomically. A buyer never reserves anywhere else, so no other bucket could let them past
+//! their limit, and a retry with the same idempotency key always meets the first answer.
+//!
+//! When the home bucket runs dry, it is not the reservation that moves but the **stock**:
+//! units move into the home bucket and the Reserve runs again there. Reservation ids carry their
+//! bucket (`<uuid>#k`), so Commit, Confirm and Release go straight to it.
+//!
+//! # Why no unit is sold twice or lost
+//!
+//! A transfer moves units between two slots in two atomic steps:
+//!
+//! 1. **Give** (source slot): take up to `n` units from the pool (or from a bucket's
+//!    `available`, lowering its `total`), and record `transfer id -> destination:units` in the
+//!    source's journal, in the same script. The units are now in the journal, nowhere else.
+//! 2. **Credit** (destination bucket): if the transfer id is not yet in the bucket's `:in` set,
+//!    add it and add the units to `total` and `available`, in the same script; a second Credit
+//!    of the same transfer changes nothing. Then the journal entry is deleted.
+//!
+//! So at every moment `pool + Σ bucket totals + Σ journalled-but-not-applied units == stock`,
+//! each bucket keeps `available + held + sold == total` on its own, and a unit is in exactly
+//! one place. A process that dies between the steps leaves a journal entry; anyone may
+//! **settle** it later (the sweeper does, and a buyer does before answering sold out): Credit is
+//! idempotent, so settling a transfer another process is finishing is harmless.
+//!
+//! With replicas and `redis.replica_acks > 0`, each step waits (`WAIT`) until the replicas have
+//! it before the next begins: a master killed after a Give cannot lose the Give while the
+//! Credit survives (that would double the units), and a buyer is answered only once the
+//! reservation is on a replica.
+//!
+//! # Refill, and sold out only when all buckets are empty
+//!
+//! A dry home bucket first draws a small batch (`batch`, about stock / (16 N), at least the
+//! quantity asked) from the pool, so buckets stay small and none sits on stock others need.
+//! When the pool is empty it takes the units asked from another bucket (starting at a random
+//! one). The answer is SOLD_OUT only after the home bucket, the pool and every other bucket
+//! were found empty and no journalled transfer was left to settle. The sale-wide sold-out
+//! signal is sent then, never when one bucket runs dry.
+
+use std::time::Duration;
+
+use fred::{
+    interfaces::{ClusterInterface, ServerInterface},
+    prelude::*,
+    types::scripts::Script,
+};
+
+use crate::Error;
+
+/// Most refill rounds one Reserve makes before answering ABORTED (stock kept moving under it).
+pub(crate) const MAX_ROUNDS_PER_BUCKET: u32 = 3;
+
+/// The hash tag of bucket `k` of a sale.
+pub(crate) fn bucket_tag(sale_id: &str, k: u32) -> String {
+    format!("{sale_id}#{k}")
+}
+
+/// The buyer's home bucket out of `n`.
+pub fn home_bucket(user_id: &str, n: u32) -> u32 {
+    u32::from(fred::util::redis_keyslot(user_id.as_bytes())) % n.max(1)
+}
+
+/// A new reservation id that names its bucket.
+pub(crate) fn reservation_id(uuid: &str, k: u32) -> String {
+    format!("{uuid}#{k}")
+}
+
+/// The bucket a reservation id names, if it names one below `n`.
+pub fn bucket_of(reservation_id: &str, n: u32) -> Option<u32> {
+    let (_, text) = reservation_id.rsplit_once('#')?;
+    let k: u32 = text.parse().ok()?;
+    (k < n && k.to_string() == text).then_some(k)
+}
+
+/// The refill batch for a sale: about stock / (16 N), 1..=100.
+pub(crate) fn batch_size(stock: u64, buckets: u32) -> u64 {
+    (stock / (16 * u64::from(buckets.max(1)))).clamp(1, 100)
+}
+
+/// The keys of one slot's transfer journal and applied set.
+pub(crate) fn journal_key(tag: &str) -> String {
+    format!("fs:{{{tag}}}:out")
+}
+
+pub(crate) fn applied_key(tag: &str) -> String {
+    format!("fs:{{{tag}}}:in")
+}
+
+pub(crate) fn hash_key(tag: &str) -> String {
+    format!("fs:{{{tag}}}:sale")
+}
+
+/// The transfer scripts.
+#[derive(Debug)]
+pub(crate) struct TransferScripts {
+    pub(crate) control_load: Script,
+    pub(crate) bucket_load: Script,
+    pub(crate) give: Script,
+    pub(crate) credit: Script,
+}
+
+impl TransferScripts {
+    pub(crate) fn new() -> Self {
+        Self {
+            control_load: Script::from_lua(include_str!("../lua/control_load.lua")),
+            bucket_load: Script::from_lua(include_str!("../lua/bucket_load.lua")),
+            give: Script::from_lua(include_str!("../lua/give.lua")),
+            credit: Script::from_lua(include_str!("../lua/credit.lua")),
+        }
+    }
+}
+
+/// Waits until `replicas` replicas of the master owning `key` have every write this client
+/// sent it; false when they did not within `timeout`.
+pub(crate) async fn wait_replicas(
+    client: &Client,
+    key: &str,
+    replicas: u32,
+    timeout: Duration,
+) -> Result<bool, fred::error::Error> {
+    if replicas == 0 {
+        return Ok(true);
+    }
+    let ms = timeout.as_millis().max(1) as i64;
+    let slot = fred::util::redis_keyslot(key.as_bytes());
+    let server = client
+        .cached_cluster_state()
+        .and_then(|state| state.get_server(slot).cloned());
+    let acked: i64 = match server {
+        Some(server) => {
+            client
+                .with_cluster_node(server)
+                .wait(i64::from(replicas), ms)
+                .await?
+        }
+        None => client.wait(i64::from(replicas), ms).await?,
+    };
+    Ok(acked >= i64::from(replicas))
+}
+
+/// Parses `"destination:units"` from a journal entry.
+pub(crate) fn parse_journal(entry: &str) -> Result<(u32, u64), Error> {
+    entry
+        .split_once(':')
+        .and_then(|(to, n)| Some((to.parse().ok()?, n.parse().ok()?)))
+        .ok_or_else(|| Error::Protocol(format!("journal entry {entry:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservation_ids_name_their_bucket() {
+        let id = reservation_id("0192f0c4-1b2c-7d3e-8f40-0123456789ab", 7);
+        assert_eq!(bucket_of(&id, 8), Some(7));
+        assert_eq!(bucket_of(&id, 7), None, "bucket beyond the sale's");
+        assert_eq!(bucket_of("0192f0c4-1b2c-7d3e-8f40-0123456789ab", 8), None);
+        assert_eq!(bucket_of("x#07", 8), None, "not the canonical form");
+        assert_eq!(bucket_of("x#+1", 8), None);
+        assert_eq!(bucket_of("x#", 8), None);
+    }
+
+    #[test]
+    fn home_buckets_are_stable_and_spread() {
+        assert_eq!(home_bucket("user-1", 8), home_bucket("user-1", 8));
+        assert_eq!(home_bucket("anyone", 1), 0);
+        let mut seen = [0u32; 8];
+        for i in 0..8_000 {
+            seen[home_bucket(&format!("user-{i}"), 8) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn batches_are_small_and_never_zero() {
+        assert_eq!(batch_size(5_000, 8), 39);
+        assert_eq!(batch_size(3, 2), 1);
+        assert_eq!(batch_size(10_000_000, 2), 100);
+    }
+
+    #[test]
+    fn journal_entries_parse() {
+        assert_eq!(parse_journal("3:39").unwrap(), (3, 39));
+        assert!(parse_journal("3").is_err());
+        assert!(parse_journal("x:1").is_err());
+    }
+}
