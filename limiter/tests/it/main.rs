@@ -1,5 +1,6 @@
 //! Limiter tests against a real, throwaway redis-server, over gRPC where the face is gRPC.
 
+mod cluster;
 mod redis_down;
 mod reload;
 mod rls;
