@@ -5,11 +5,12 @@
 //!
 //! - a **control record** in its own slot, `fs:{sale_id}:sale`: the spec, `buckets = N`, the
 //!   refill `batch`, and `pool`, the units no bucket has been given yet (all of them at first);
-//! - **N buckets**, bucket `k` in slot `{sale_id#k}` (`#` never occurs in a sale id, so no
-//!   bucket can share a tag with another sale): each is a complete single-slot sale of the
-//!   ordinary layout (`sale`, `users`, `idem`, `exp`, `res`) whose `total` is the units it has
-//!   been given so far; the ordinary scripts (Reserve, Commit, Confirm, Release, Expire) run on
-//!   it unchanged;
+//! - **N buckets**, bucket `k` tagged `{sale_id#k.s}` (`#` never occurs in a sale id, so no
+//!   bucket can share a tag with another sale; `s` is the first suffix that puts the bucket
+//!   near the middle of the `k`-th of N equal hash-slot ranges, so buckets spread evenly over
+//!   the masters): each is a complete single-slot sale of the ordinary layout (`sale`,
+//!   `users`, `idem`, `exp`, `res`) whose `total` is the units it has been given so far; the
+//!   ordinary scripts (Reserve, Commit, Confirm, Release, Expire) run on it unchanged;
 //! - per slot, a transfer **journal** `:out` (units that left it, not yet confirmed applied)
 //!   and, per bucket, the set `:in` of transfer ids it has applied.
 //!
@@ -51,13 +52,17 @@
 //!
 //! # Refill, and sold out only when all buckets are empty
 //!
-//! A dry home bucket first draws a small batch (`batch`, about stock / (16 N), at least the
-//! quantity asked) from the pool, so buckets stay small and none sits on stock others need.
-//! When the pool is empty it takes the units asked from another bucket (starting at a random
-//! one). The answer is SOLD_OUT only after the home bucket, the pool and every other bucket
-//! were found empty and no journalled transfer was left to settle. The sale-wide sold-out
-//! signal is sent then, never when one bucket runs dry.
-
+//! A dry home bucket first draws a small batch (`batch`, about stock / (16 N), 1..=100, at
+//! least the quantity asked) from the pool, so no bucket sits on stock others need. When the
+//! pool is empty it takes from another bucket (starting at a random one) at most half of what
+//! that bucket has beyond the quantity asked, so the last units spread instead of hopping. In
+//! one process one request at a time refills a bucket; the others wait for it and try again.
+//! The answer is SOLD_OUT only after the home bucket, the pool and every other bucket were
+//! found empty and no journalled transfer was left to settle (requests that waited on that
+//! search hear its answer). The sale-wide sold-out signal is sent then, never when one bucket
+//! runs dry. Stock released later returns to the reservation's bucket, where any buyer's
+//! search finds it.
+//!
 use std::time::Duration;
 
 use fred::{
@@ -68,13 +73,31 @@ use fred::{
 
 use crate::Error;
 
-/// Most refill rounds one Reserve makes before answering ABORTED (stock kept moving under it).
+/// Most refill rounds (per bucket of the sale) one Reserve makes before answering ABORTED:
+/// each round found units, but other processes' buyers took them first.
 pub(crate) const MAX_ROUNDS_PER_BUCKET: u32 = 3;
 
-/// The hash tag of bucket `k` of a sale.
-pub(crate) fn bucket_tag(sale_id: &str, k: u32) -> String {
-    format!("{sale_id}#{k}")
+/// Most times one Reserve waits for another request's refill of its bucket.
+pub(crate) const MAX_WAITS: u32 = 10_000;
+
+/// The hash tag of bucket `k` of a sale split into `n`: `sale_id#k.s`, with the smallest `s`
+/// whose hash slot falls near the middle of the `k`-th of `n` equal slot ranges (within an
+/// eighth of a range of its centre). Slots are handed to masters in contiguous ranges, so the
+/// buckets spread evenly over them instead of wherever the hash happens to put them; every
+/// process computes the same tag.
+pub fn bucket_tag(sale_id: &str, k: u32, n: u32) -> String {
+    let n = n.max(1);
+    let centre = (2 * k + 1) * SLOTS / (2 * n);
+    let reach = (SLOTS / (8 * n)).max(1);
+    let near = (centre - reach.min(centre))..(centre + reach);
+    (0u32..)
+        .map(|s| format!("{sale_id}#{k}.{s}"))
+        .find(|tag| near.contains(&u32::from(fred::util::redis_keyslot(tag.as_bytes()))))
+        .expect("some suffix hashes near every slot")
 }
+
+/// Hash slots in a Redis Cluster.
+const SLOTS: u32 = 16_384;
 
 /// The buyer's home bucket out of `n`.
 pub fn home_bucket(user_id: &str, n: u32) -> u32 {
@@ -191,6 +214,21 @@ mod tests {
             seen[home_bucket(&format!("user-{i}"), 8) as usize] += 1;
         }
         assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn bucket_tags_spread_over_the_slot_ranges() {
+        for n in [1, 2, 3, 8, 64] {
+            for k in 0..n {
+                let tag = bucket_tag("sale-1", k, n);
+                let slot = u32::from(fred::util::redis_keyslot(tag.as_bytes()));
+                assert!(
+                    (k * SLOTS / n..(k + 1) * SLOTS / n).contains(&slot),
+                    "{tag}"
+                );
+                assert_eq!(tag, bucket_tag("sale-1", k, n), "stable");
+            }
+        }
     }
 
     #[test]

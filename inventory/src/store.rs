@@ -87,7 +87,11 @@ struct Inner {
     replica_ack_timeout: Duration,
     /// Sale -> layout, for sales seen loaded (a sale's bucket count never changes).
     layouts: std::sync::RwLock<HashMap<String, Layout>>,
+    /// (sale, bucket) -> the refill lock of [`Inventory::refill_gate`].
+    refill_gates: dashmap::DashMap<(String, u32), RefillGate>,
 }
+
+type RefillGate = Arc<tokio::sync::Mutex<Option<std::time::Instant>>>;
 
 impl std::fmt::Debug for Inventory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,6 +141,7 @@ impl Inventory {
                 replica_acks: config.replica_acks,
                 replica_ack_timeout: config.replica_ack_timeout,
                 layouts: Default::default(),
+                refill_gates: Default::default(),
             }),
         })
     }
@@ -242,7 +247,7 @@ impl Inventory {
             return Ok(sale_id.to_owned());
         }
         buckets::bucket_of(reservation_id, layout.buckets)
-            .map(|k| buckets::bucket_tag(sale_id, k))
+            .map(|k| buckets::bucket_tag(sale_id, k, layout.buckets))
             .ok_or_else(|| Error::ReservationNotFound {
                 sale_id: sale_id.to_owned(),
                 reservation_id: reservation_id.to_owned(),
@@ -355,7 +360,7 @@ impl Inventory {
         for k in 0..n {
             self.eval_keys(
                 &scripts.bucket_load,
-                vec![buckets::hash_key(&buckets::bucket_tag(&spec.sale_id, k))],
+                vec![buckets::hash_key(&buckets::bucket_tag(&spec.sale_id, k, n))],
                 vec![
                     Value::from(i64::from(spec.per_user_limit)),
                     Value::from(spec.starts_at_ms),
@@ -427,39 +432,76 @@ impl Inventory {
         layout: Layout,
     ) -> Result<Reserved, Error> {
         let home = buckets::home_bucket(&request.user_id, layout.buckets);
-        let tag = buckets::bucket_tag(&request.sale_id, home);
+        let tag = buckets::bucket_tag(&request.sale_id, home, layout.buckets);
         let reservation_id = buckets::reservation_id(&uuid::Uuid::now_v7().to_string(), home);
         let args = reserve_args(request, &reservation_id);
-        for _ in 0..layout.buckets * buckets::MAX_ROUNDS_PER_BUCKET + 2 {
-            let reply = self
-                .eval_acked(
-                    &self.inner.scripts.reserve,
-                    sale_keys(&tag),
-                    args.clone(),
-                    holds_a_reservation,
-                )
-                .await?;
+        let gate = self.refill_gate(&request.sale_id, home);
+        let wanted = u64::from(request.quantity);
+        let reserve = || {
+            self.eval_acked(
+                &self.inner.scripts.reserve,
+                sale_keys(&tag),
+                args.clone(),
+                holds_a_reservation,
+            )
+        };
+        // Every wait below ends with another request's refill, which moved units that were
+        // then sold, so waits are bounded by the stock; the bound here is only a backstop.
+        for _ in 0..buckets::MAX_WAITS {
+            let asked = std::time::Instant::now();
+            let reply = reserve().await?;
             if text(&reply, 0)? != "SOLD_OUT" {
                 return self.reserve_reply(request, &reply, layout.buckets).await;
             }
-            let wanted = u64::from(request.quantity);
-            if self.refill(&request.sale_id, layout, home, wanted).await? {
+            // One refill of a bucket at a time in this process: the others wait for it and
+            // try again, or hear sold out from a search that ended after they asked.
+            let Ok(mut guard) = gate.try_lock() else {
+                let searched = *gate.lock().await;
+                if searched.is_some_and(|at| at > asked) {
+                    return Ok(Reserved {
+                        outcome: Outcome::SoldOut,
+                        available: 0,
+                    });
+                }
                 continue;
+            };
+            // The refiller keeps the lock until it has its reservation or the search is over.
+            for _ in 0..layout.buckets * buckets::MAX_ROUNDS_PER_BUCKET {
+                if !self.refill(&request.sale_id, layout, home, wanted).await? {
+                    *guard = Some(std::time::Instant::now());
+                    drop(guard);
+                    let seq = self
+                        .command(self.inner.redis.hincrby::<u64, _, _>(
+                            buckets::hash_key(&request.sale_id),
+                            "sigseq",
+                            1,
+                        ))
+                        .await?;
+                    self.publish_signal(&request.sale_id, true, 0, seq).await;
+                    return Ok(Reserved {
+                        outcome: Outcome::SoldOut,
+                        available: 0,
+                    });
+                }
+                let reply = reserve().await?;
+                if text(&reply, 0)? != "SOLD_OUT" {
+                    drop(guard);
+                    return self.reserve_reply(request, &reply, layout.buckets).await;
+                }
             }
-            let seq = self
-                .command(self.inner.redis.hincrby::<u64, _, _>(
-                    buckets::hash_key(&request.sale_id),
-                    "sigseq",
-                    1,
-                ))
-                .await?;
-            self.publish_signal(&request.sale_id, true, 0, seq).await;
-            return Ok(Reserved {
-                outcome: Outcome::SoldOut,
-                available: 0,
-            });
+            break;
         }
         Err(Error::Contended(request.sale_id.clone()))
+    }
+
+    /// The lock one process's refills of one bucket take turns on; it remembers when a search
+    /// last found nothing anywhere.
+    fn refill_gate(&self, sale_id: &str, bucket: u32) -> RefillGate {
+        self.inner
+            .refill_gates
+            .entry((sale_id.to_owned(), bucket))
+            .or_default()
+            .clone()
     }
 
     /// Moves units into bucket `home`: a batch from the pool, else the units wanted from
@@ -473,7 +515,14 @@ impl Inventory {
         wanted: u64,
     ) -> Result<bool, Error> {
         let (given, mut journalled) = self
-            .transfer(sale_id, sale_id, "pool", home, layout.batch.max(wanted))
+            .transfer(
+                sale_id,
+                layout.buckets,
+                sale_id,
+                "pool",
+                home,
+                (layout.batch.max(wanted), wanted),
+            )
             .await?;
         if given > 0 {
             return Ok(true);
@@ -485,16 +534,23 @@ impl Inventory {
             if k == home {
                 continue;
             }
-            let tag = buckets::bucket_tag(sale_id, k);
+            let tag = buckets::bucket_tag(sale_id, k, n);
             let (given, pending) = self
-                .transfer(sale_id, &tag, "available", home, wanted)
+                .transfer(
+                    sale_id,
+                    n,
+                    &tag,
+                    "available",
+                    home,
+                    (layout.batch.max(wanted), wanted),
+                )
                 .await?;
             if given > 0 {
                 return Ok(true);
             }
             journalled += pending;
         }
-        let home_tag = buckets::bucket_tag(sale_id, home);
+        let home_tag = buckets::bucket_tag(sale_id, home, n);
         journalled += self
             .command(
                 self.inner
@@ -511,10 +567,11 @@ impl Inventory {
     async fn transfer(
         &self,
         sale_id: &str,
+        buckets: u32,
         from_tag: &str,
         field: &str,
         to: u32,
-        want: u64,
+        (want, least): (u64, u64),
     ) -> Result<(u64, u64), Error> {
         let transfer_id = uuid::Uuid::now_v7().to_string();
         let reply = self
@@ -526,6 +583,7 @@ impl Inventory {
                     Value::from(i64::from(to)),
                     Value::from(want as i64),
                     Value::from(field),
+                    Value::from(least as i64),
                 ],
                 |reply| int(reply, 0).is_ok_and(|n| n > 0),
             )
@@ -533,7 +591,7 @@ impl Inventory {
         let given = uint(&reply, 0)?;
         let pending = uint(&reply, 1)?;
         if given > 0 {
-            self.credit(sale_id, from_tag, &transfer_id, to, given)
+            self.credit(sale_id, buckets, from_tag, &transfer_id, to, given)
                 .await?;
         }
         Ok((given, pending))
@@ -544,12 +602,13 @@ impl Inventory {
     async fn credit(
         &self,
         sale_id: &str,
+        buckets: u32,
         from_tag: &str,
         transfer_id: &str,
         to: u32,
         units: u64,
     ) -> Result<(), Error> {
-        let to_tag = buckets::bucket_tag(sale_id, to);
+        let to_tag = buckets::bucket_tag(sale_id, to, buckets);
         let reply = self
             .eval_acked(
                 &self.inner.scripts.transfer.credit,
@@ -580,14 +639,15 @@ impl Inventory {
         }
         let mut moved = 0;
         let tags = std::iter::once(sale_id.to_owned())
-            .chain((0..layout.buckets).map(|k| buckets::bucket_tag(sale_id, k)));
+            .chain((0..layout.buckets).map(|k| buckets::bucket_tag(sale_id, k, layout.buckets)));
         for tag in tags {
             let entries: HashMap<String, String> = self
                 .command(self.inner.redis.hgetall(buckets::journal_key(&tag)))
                 .await?;
             for (transfer_id, entry) in entries {
                 let (to, units) = buckets::parse_journal(&entry)?;
-                self.credit(sale_id, &tag, &transfer_id, to, units).await?;
+                self.credit(sale_id, layout.buckets, &tag, &transfer_id, to, units)
+                    .await?;
                 moved += units;
             }
         }
@@ -676,7 +736,7 @@ impl Inventory {
         }
         let mut results: HashMap<String, CommitResult> = HashMap::new();
         for (k, group) in groups {
-            let tag = buckets::bucket_tag(sale_id, k);
+            let tag = buckets::bucket_tag(sale_id, k, layout.buckets);
             for result in self
                 .commit_group(sale_id, &tag, layout.buckets, &group)
                 .await?
@@ -896,7 +956,7 @@ impl Inventory {
             ..Expired::default()
         };
         for k in 0..layout.buckets {
-            let tag = buckets::bucket_tag(sale_id, k);
+            let tag = buckets::bucket_tag(sale_id, k, layout.buckets);
             let expired = self
                 .expire_slot(sale_id, &tag, layout.buckets, batch)
                 .await?;
@@ -992,11 +1052,11 @@ impl Inventory {
         self.load_sale(spec).await?;
         let mut given = 0;
         for (k, args) in args.into_iter().enumerate() {
-            let tag = buckets::bucket_tag(&spec.sale_id, k as u32);
+            let tag = buckets::bucket_tag(&spec.sale_id, k as u32, n);
             given += self.finish_rebuild(spec, &tag, args).await?.total;
         }
         let tags = std::iter::once(spec.sale_id.clone())
-            .chain((0..n).map(|k| buckets::bucket_tag(&spec.sale_id, k)));
+            .chain((0..n).map(|k| buckets::bucket_tag(&spec.sale_id, k, n)));
         for tag in tags {
             self.command(self.inner.redis.del::<i64, _>(buckets::journal_key(&tag)))
                 .await?;
@@ -1106,7 +1166,7 @@ impl Inventory {
         };
         let mut levels = Vec::with_capacity(layout.buckets as usize);
         let tags = std::iter::once(sale_id.to_owned())
-            .chain((0..layout.buckets).map(|k| buckets::bucket_tag(sale_id, k)));
+            .chain((0..layout.buckets).map(|k| buckets::bucket_tag(sale_id, k, layout.buckets)));
         for (i, tag) in tags.enumerate() {
             if i > 0 {
                 let level = self.slot_stock(sale_id, &tag).await?;
@@ -1122,7 +1182,7 @@ impl Inventory {
                 let (to, units) = buckets::parse_journal(&entry)?;
                 let applied: bool = self
                     .command(self.inner.redis.sismember(
-                        buckets::applied_key(&buckets::bucket_tag(sale_id, to)),
+                        buckets::applied_key(&buckets::bucket_tag(sale_id, to, layout.buckets)),
                         transfer_id,
                     ))
                     .await?;
@@ -1183,7 +1243,7 @@ impl Inventory {
             vec![sale_id.to_owned()]
         } else {
             (0..layout.buckets)
-                .map(|k| buckets::bucket_tag(sale_id, k))
+                .map(|k| buckets::bucket_tag(sale_id, k, layout.buckets))
                 .collect()
         };
         let mut audit = Audit {

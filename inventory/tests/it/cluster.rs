@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use flashsale_inventory::{Inventory, Outcome, ReleaseReason, ReservationState};
+use flashsale_inventory::{
+    Inventory, Outcome, ReleaseReason, ReservationState, buckets::bucket_tag,
+};
 use flashsale_testkit::RedisCluster;
 use futures::future::join_all;
 
@@ -132,22 +134,23 @@ async fn run_attempts(
     run
 }
 
-/// A hot-item sale whose 8 buckets (and control record) sit on every master.
+/// A hot-item sale: 8 buckets, which spread over every master.
 async fn hot_sale(cluster: &RedisCluster, stock: u64) -> flashsale_inventory::SaleSpec {
-    loop {
-        let sale = flashsale_inventory::SaleSpec {
-            stock_buckets: 8,
-            ..open_sale(stock, 1)
-        };
-        let mut masters = BTreeSet::new();
-        for k in 0..8 {
-            let key = format!("fs:{{{}#{k}}}:sale", sale.sale_id);
-            masters.insert(cluster.master_of(&key).await.unwrap());
-        }
-        if masters.len() == 3 {
-            return sale;
-        }
+    let sale = flashsale_inventory::SaleSpec {
+        stock_buckets: 8,
+        ..open_sale(stock, 1)
+    };
+    let mut per_master = HashMap::<usize, u32>::new();
+    for k in 0..8 {
+        let key = format!("fs:{{{}}}:sale", bucket_tag(&sale.sale_id, k, 8));
+        *per_master
+            .entry(cluster.master_of(&key).await.unwrap())
+            .or_default() += 1;
     }
+    let mut spread: Vec<u32> = per_master.into_values().collect();
+    spread.sort_unstable();
+    assert_eq!(spread, [2, 3, 3], "8 buckets spread evenly over 3 masters");
+    sale
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +217,7 @@ async fn a_master_killed_mid_sale_oversells_nothing() {
     let sale = hot_sale(&cluster, 5_000).await;
     inventory.load_sale(&sale).await.unwrap();
     let victim = cluster
-        .master_of(&format!("fs:{{{}#0}}:sale", sale.sale_id))
+        .master_of(&format!("fs:{{{}}}:sale", bucket_tag(&sale.sale_id, 0, 8)))
         .await
         .unwrap();
 
@@ -232,11 +235,9 @@ async fn a_master_killed_mid_sale_oversells_nothing() {
     cluster.nodes()[victim].kill();
     // Its replica takes over; the killed node comes back (as a pod would) and rejoins as the
     // new master's replica, so writes there can be acknowledged again.
-    let key = format!("fs:{{{}#0}}:sale", sale.sale_id);
-    while cluster.master_of(&key).await.ok() == Some(victim)
-        || cluster.master_of(&key).await.is_err()
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let key = format!("fs:{{{}}}:sale", bucket_tag(&sale.sale_id, 0, 8));
+    while !cluster.master_of(&key).await.is_ok_and(|m| m != victim) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.wait_ok().await.unwrap();
     cluster.nodes()[victim].restart().await.unwrap();

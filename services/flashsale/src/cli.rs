@@ -287,8 +287,10 @@ pub(crate) enum ConfigCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// `quick` (1,000 units, 10,000 buyers, 50,000 attempts) or `standard` (10,000 units,
-    /// 200,000 buyers, 1,000,000 attempts).
+    /// `quick` (1,000 units, 10,000 buyers, 50,000 attempts), `standard` (10,000 units,
+    /// 200,000 buyers, 1,000,000 attempts), or `hot-item` (one item's reservations on a
+    /// 3-master Redis Cluster with 1 vs 8 stock buckets: `--stock` units per sale, default
+    /// 50,000; `--attempts` more after the sell-out, default 20,000; `--rounds` of each).
     #[arg(long, default_value = "quick")]
     pub(crate) scenario: String,
 
@@ -344,4 +346,8 @@ pub(crate) struct BenchArgs {
     /// Where the report goes (default target/bench/<scenario>-<time>).
     #[arg(long, value_name = "DIR")]
     pub(crate) out: Option<PathBuf>,
+
+    /// Rounds of each configuration (`hot-item`), interleaved.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: u32,
 }

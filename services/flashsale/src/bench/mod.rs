@@ -8,6 +8,7 @@
 //! invariants, then measures the baselines and an open-loop run at half the peak rate.
 
 mod baselines;
+mod hot_item;
 mod procs;
 mod report;
 
@@ -345,10 +346,13 @@ fn parse_arrival(text: &str) -> Result<Arrival> {
 
 /// `flashsale bench`.
 pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
+    if args.scenario == "hot-item" {
+        return hot_item::run(&args).await;
+    }
     let (stock, users, attempts) = match args.scenario.as_str() {
         "standard" => (10_000, 200_000, 1_000_000),
         "quick" => (1_000, 10_000, 50_000),
-        other => bail!("unknown scenario {other}: quick or standard"),
+        other => bail!("unknown scenario {other}: quick, standard or hot-item"),
     };
     let (stock, users, attempts) = (
         args.stock.unwrap_or(stock),
