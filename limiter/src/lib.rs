@@ -16,6 +16,9 @@
 //! - [`sidecar`]: a gRPC proxy that applies the layer in front of a service in the same pod.
 //!
 //! [`stats`] counts decisions per rule; [`config`] is the `[limiter]` section.
+//!
+//! [`waiting_room`] is admission of another kind: a fair FIFO queue per sale, with signed
+//! tickets and single-use purchase tokens.
 
 pub mod config;
 mod error;
@@ -28,6 +31,7 @@ pub mod rls;
 pub mod rules;
 pub mod sidecar;
 pub mod stats;
+pub mod waiting_room;
 
 pub use config::Config;
 pub use error::Error;

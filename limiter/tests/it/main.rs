@@ -5,6 +5,7 @@ mod redis_down;
 mod reload;
 mod rls;
 mod sidecar;
+mod waiting_room;
 
 use std::{path::Path, time::Duration};
 
