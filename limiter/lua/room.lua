@@ -6,7 +6,8 @@
 -- KEYS[2] wr:{..}:numbers  HASH user -> arrival number
 -- KEYS[3] wr:{..}:order    HASH arrival number -> user
 -- KEYS[4] wr:{..}:active   ZSET user -> admission deadline (ms), admitted and not done
--- KEYS[5] wr:{..}:used     SET  arrival numbers whose purchase token was spent
+-- KEYS[5] wr:{..}:used     HASH arrival number -> idempotency key of the purchase that spent
+--                          its token
 -- ARGV[1] op: OPEN | JOIN | STATUS | REDEEM | SOLDOUT;  ARGV[2] now (ms, the caller's clock;
 -- admission never runs backwards: it only counts time after the latest `last`).
 -- Admission releases arrival numbers strictly in order: `admitted` is a watermark, raised by
@@ -69,7 +70,15 @@ if op == 'JOIN' then
 end
 local user, n = ARGV[3], tonumber(ARGV[4])
 if redis.call('HGET', NUMBERS, user) ~= tostring(n) then return {'NOT_YOURS', n, admitted, tostring(rate)} end
-if redis.call('SISMEMBER', USED, n) == 1 then return {'USED', n, admitted, tostring(rate)} end
+local spent = redis.call('HGET', USED, n)
+if spent then
+  -- The same purchase retried with its idempotency key may pass (the inventory answers it
+  -- with the original reservation); anything else is a second use.
+  if op == 'REDEEM' and ARGV[5] ~= '' and spent == ARGV[5] then
+    return {'REDEEMED', n, admitted, tostring(rate)}
+  end
+  return {'USED', n, admitted, tostring(rate)}
+end
 if soldout then return {'SOLD_OUT', n, admitted, tostring(rate)} end
 if op == 'STATUS' then
   if n <= admitted then return {'ADMITTED', n, admitted, tostring(rate)} end
@@ -77,7 +86,7 @@ if op == 'STATUS' then
 end
 if op == 'REDEEM' then
   if n > admitted then return {'WAITING', n, admitted, tostring(rate)} end
-  redis.call('SADD', USED, n)
+  redis.call('HSET', USED, n, ARGV[5])
   redis.call('ZREM', ACTIVE, user)
   return {'REDEEMED', n, admitted, tostring(rate)}
 end

@@ -30,8 +30,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-/// Shortest secret the room signs with.
-pub const MIN_SECRET_BYTES: usize = 32;
+/// Shortest secret the room signs with (128 bits, as for the gateway's HS256 key).
+pub const MIN_SECRET_BYTES: usize = 16;
 
 /// How a sale's room admits buyers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -171,14 +171,14 @@ fn keys(sale_id: &str) -> Vec<String> {
 }
 
 impl WaitingRoom {
-    /// Connects to Redis; tickets and tokens are signed with `secret` (at least 32 bytes).
+    /// Connects to Redis; tickets and tokens are signed with `secret` (at least 16 bytes).
     pub async fn connect(
         config: &flashsale_runtime::config::RedisConfig,
         secret: SecretString,
     ) -> Result<Self, RoomError> {
         if secret.expose_secret().len() < MIN_SECRET_BYTES {
             return Err(RoomError::Invalid(
-                "the signing secret needs 32 bytes or more",
+                "the signing secret needs 16 bytes or more",
             ));
         }
         let redis = Config::from_url(config.url.expose_secret())
@@ -347,12 +347,15 @@ impl WaitingRoom {
     }
 
     /// Spends a purchase token: `user`'s, for `sale_id`, unexpired, signed by this room, and
-    /// never spent before. Returns the arrival number it was issued for.
+    /// never spent before — except by a retry of the same purchase (the same non-empty
+    /// `idempotency_key`), which the inventory then answers with the original reservation.
+    /// Returns the arrival number it was issued for.
     pub async fn redeem(
         &self,
         sale_id: &str,
         user: &str,
         token: &str,
+        idempotency_key: &str,
         now_ms: i64,
     ) -> Result<u64, RoomError> {
         let claims = self.verify("p", "purchase token", token, sale_id, user, now_ms)?;
@@ -364,6 +367,7 @@ impl WaitingRoom {
                     now_ms.into(),
                     user.into(),
                     (claims.n as i64).into(),
+                    idempotency_key.into(),
                 ],
             )
             .await?;

@@ -134,6 +134,9 @@ async fn world() -> World {
             ended_at: None,
             created_at: chrono::Utc::now(),
             stock_buckets: 1,
+            waiting_room_rate_milli: None,
+            waiting_room_cap: None,
+            waiting_room_window_ms: None,
         })
         .await
         .unwrap();

@@ -171,6 +171,9 @@ impl OrderStore {
             ended_at: Set(None),
             created_at: Set(Utc::now()),
             stock_buckets: Set(sale.stock_buckets),
+            waiting_room_rate_milli: Set(sale.waiting_room_rate_milli),
+            waiting_room_cap: Set(sale.waiting_room_cap),
+            waiting_room_window_ms: Set(sale.waiting_room_window_ms),
         };
         match sales::Entity::insert(active)
             .on_conflict_do_nothing()

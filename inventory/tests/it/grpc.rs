@@ -42,6 +42,7 @@ fn sale(id: &str, stock: u64, limit: u32) -> pb::Sale {
         payment_window: None,
         state: 0,
         stock_buckets: 0,
+        waiting_room: None,
     }
 }
 

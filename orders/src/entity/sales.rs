@@ -34,6 +34,12 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// Stock buckets in the inventory (1 = the whole sale in one Redis slot).
     pub stock_buckets: i32,
+    /// Waiting room: admissions per second, in thousandths (None: no waiting room).
+    pub waiting_room_rate_milli: Option<i64>,
+    /// Waiting room: most admitted buyers who have not bought yet.
+    pub waiting_room_cap: Option<i32>,
+    /// Waiting room: how long an admitted buyer has to buy, in milliseconds.
+    pub waiting_room_window_ms: Option<i64>,
 }
 
 /// No relations are navigated from code.

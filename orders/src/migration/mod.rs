@@ -3,7 +3,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_sales_and_orders;
-mod m20261126_000002_stock_buckets;
+mod m20261126_000002_hot_sales;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -14,7 +14,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(m20261126_000001_sales_and_orders::Migration),
-            Box::new(m20261126_000002_stock_buckets::Migration),
+            Box::new(m20261126_000002_hot_sales::Migration),
         ]
     }
 }

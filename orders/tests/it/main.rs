@@ -152,6 +152,9 @@ impl Harness {
                 ended_at: None,
                 created_at: now,
                 stock_buckets: 1,
+                waiting_room_rate_milli: None,
+                waiting_room_cap: None,
+                waiting_room_window_ms: None,
             })
             .await
             .unwrap();

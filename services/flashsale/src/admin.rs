@@ -112,6 +112,7 @@ pub(crate) async fn sale(command: SaleCommand, config: &MeshConfig) -> Result<()
                 payment_window: Some(duration(payment_window.as_millis() as u64)),
                 state: 0,
                 stock_buckets,
+                waiting_room: None,
             };
             let created = client
                 .create_sale(authorized(

@@ -192,12 +192,28 @@ async fn gateway(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer>
             }
         }
     });
+    // Waiting rooms sign tickets with the gateway's HS256 key (the signing input is
+    // domain-separated from JWTs); a gateway verifying RS256 tokens has none.
+    let auth = &config.gateway.auth;
+    let room = if auth.algorithm == "HS256" {
+        Some(
+            flashsale_limiter::waiting_room::WaitingRoom::connect(
+                &config.redis,
+                auth.secret.clone(),
+            )
+            .await
+            .context("waiting rooms")?,
+        )
+    } else {
+        None
+    };
     let gateway = Gateway::new(
         config.gateway.clone(),
         Backends {
             nats,
             store,
             stream: config.orders.stream.clone(),
+            room,
         },
         config.server.request_timeout,
         mesh_tls(config)?.as_ref(),

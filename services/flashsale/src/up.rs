@@ -205,6 +205,7 @@ async fn demo(
         payment_window: Some(duration(600_000)),
         state: 0,
         stock_buckets: 0,
+        waiting_room: None,
     };
     let mut admin = SaleAdminClient::new(connect(gateway).await?);
     let mut create = tonic::Request::new(pb::CreateSaleRequest { sale: Some(sale) });

@@ -18,7 +18,8 @@ use flashsale_proto::{
 
 use crate::{Error, Gateway, sales};
 
-/// How long Reconcile --repair waits for a sale's queued events to be written.
+/// Longest Reconcile --repair waits for a sale's queued events to be written (at most half the
+/// call's deadline, so the caller hears STREAM_NOT_DRAINED and retries instead of timing out).
 const DRAIN_WAIT: Duration = Duration::from_secs(15);
 
 impl Gateway {
@@ -38,9 +39,11 @@ impl Gateway {
     /// Validates, writes the sale to Postgres (the source of truth) and warms the inventory.
     pub async fn create_sale(&self, sale: &pb::Sale) -> Result<pb::Sale, Error> {
         let row = sales::new_sale(sale)?;
+        self.check_room(&row)?;
         let row = self.inner.store.create_sale(row).await?;
         let created = sales::sale_pb(&row);
         self.load_into_inventory(&created).await?;
+        self.open_room(&row).await?;
         tracing::info!(sale_id = %row.sale_id, stock = row.stock, "sale created");
         Ok(created)
     }
@@ -159,7 +162,7 @@ impl Gateway {
         }
         // Queued events become orders first: otherwise their units would be missing from the
         // rebuild (and could be sold twice).
-        let deadline = Instant::now() + DRAIN_WAIT;
+        let deadline = Instant::now() + DRAIN_WAIT.min(self.inner.request_timeout / 2);
         let mut pending = pending;
         while pending > 0 {
             if Instant::now() > deadline {

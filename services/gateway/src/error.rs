@@ -73,6 +73,17 @@ pub enum Error {
     /// Postgres failed.
     #[error("postgres: {0}")]
     Database(String),
+    /// The sale has no waiting room (or this gateway cannot sign for one).
+    #[error("sale {0} has no waiting room")]
+    NoWaitingRoom(String),
+    /// The sale has a waiting room and the purchase came without a purchase token.
+    #[error(
+        "sale {0} admits buyers through its waiting room: JoinQueue, then buy with the purchase token QueueStatus gives"
+    )]
+    PurchaseTokenRequired(String),
+    /// The waiting room refused a ticket or purchase token, or failed.
+    #[error("waiting room: {0}")]
+    Queue(#[from] flashsale_limiter::waiting_room::RoomError),
     /// A service behind the gateway answered with an error; passed on as it is.
     #[error("{0}")]
     Upstream(tonic::Status),
@@ -119,6 +130,17 @@ impl IntoStatus for Error {
                 Code::ResourceExhausted
             }
             Self::NotActive(_) | Self::StreamNotDrained { .. } => Code::FailedPrecondition,
+            Self::NoWaitingRoom(_) | Self::PurchaseTokenRequired(_) => Code::FailedPrecondition,
+            Self::Queue(e) => {
+                use flashsale_limiter::waiting_room::RoomError as R;
+                match e {
+                    R::Invalid(_) => Code::InvalidArgument,
+                    R::Refused { .. } => Code::PermissionDenied,
+                    R::Used | R::NotAdmitted | R::NoRoom(_) => Code::FailedPrecondition,
+                    R::SoldOut => Code::ResourceExhausted,
+                    R::Redis(_) => Code::Unavailable,
+                }
+            }
             Self::QueueUnavailable(_) | Self::Database(_) => Code::Unavailable,
             Self::Upstream(status) => status.code(),
             Self::Config(_) => Code::Internal,
@@ -141,6 +163,20 @@ impl IntoStatus for Error {
             Self::QueueUnavailable(_) => "QUEUE_UNAVAILABLE",
             Self::StreamNotDrained { .. } => "STREAM_NOT_DRAINED",
             Self::Database(_) => "POSTGRES_UNAVAILABLE",
+            Self::NoWaitingRoom(_) => "NO_WAITING_ROOM",
+            Self::PurchaseTokenRequired(_) => "PURCHASE_TOKEN_REQUIRED",
+            Self::Queue(e) => {
+                use flashsale_limiter::waiting_room::RoomError as R;
+                match e {
+                    R::Invalid(_) => "INVALID_ARGUMENT",
+                    R::Refused { .. } => "QUEUE_TOKEN_REFUSED",
+                    R::Used => "PURCHASE_TOKEN_USED",
+                    R::NotAdmitted => "NOT_ADMITTED",
+                    R::NoRoom(_) => "NO_WAITING_ROOM",
+                    R::SoldOut => "SOLD_OUT",
+                    R::Redis(_) => "REDIS_UNAVAILABLE",
+                }
+            }
             Self::Upstream(status) => match status.code() {
                 Code::InvalidArgument => "INVALID_ARGUMENT",
                 Code::NotFound => "NOT_FOUND",
@@ -158,6 +194,9 @@ impl IntoStatus for Error {
             | Self::QueueUnavailable(_)
             | Self::Database(_)
             | Self::StreamNotDrained { .. } => Some(Duration::from_secs(1)),
+            Self::Queue(flashsale_limiter::waiting_room::RoomError::Redis(_)) => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }

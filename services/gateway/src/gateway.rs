@@ -59,11 +59,14 @@ pub struct SaleCounters {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    /// The servers' per-call deadline (`server.request_timeout`).
+    pub(crate) request_timeout: Duration,
     pub(crate) inventory: InventoryClient<TracedChannel>,
     pub(crate) orders: OrdersClient<TracedChannel>,
     pub(crate) js: jetstream::Context,
     pub(crate) stream: StreamConfig,
     pub(crate) store: OrderStore,
+    pub(crate) room: Option<flashsale_limiter::waiting_room::WaitingRoom>,
     sold_out: SoldOutFlags,
     sold_out_seen: DashMap<String, Instant>,
     sales: DashMap<String, SaleInfo>,
@@ -94,6 +97,8 @@ pub struct Backends {
     pub store: OrderStore,
     /// The order stream's layout (subject prefix).
     pub stream: StreamConfig,
+    /// Waiting rooms (Redis), when this gateway has a key to sign tickets with.
+    pub room: Option<flashsale_limiter::waiting_room::WaitingRoom>,
 }
 
 fn channel(url: &str, timeout: Duration, tls: Option<&MeshTls>) -> Result<TracedChannel, Error> {
@@ -129,6 +134,8 @@ impl Gateway {
                 js: jetstream::new(backends.nats),
                 stream: backends.stream,
                 store: backends.store,
+                room: backends.room,
+                request_timeout,
                 sold_out,
                 sold_out_seen: DashMap::new(),
                 sales: DashMap::new(),
@@ -187,6 +194,11 @@ impl Gateway {
     /// Forgets a cached sale (after an admin change).
     pub fn forget_sale(&self, sale_id: &str) {
         self.inner.sales.remove(sale_id);
+    }
+
+    /// The sold-out signal says the sale is sold out now (without this replica's own sighting).
+    pub(crate) fn sold_out_now(&self, sale_id: &str) -> bool {
+        self.inner.sold_out.is_sold_out(sale_id)
     }
 
     fn sold_out_in_memory(&self, sale_id: &str) -> bool {
@@ -269,6 +281,15 @@ impl Gateway {
             });
         }
         let sale = Arc::new(self.sale(&request.sale_id).await?);
+        if crate::sales::room_settings(&sale).is_some() {
+            self.spend_purchase_token(
+                &sale.sale_id,
+                &caller.user_id,
+                &request.purchase_token,
+                &request.idempotency_key,
+            )
+            .await?;
+        }
         let job = Job {
             sale,
             user_id: caller.user_id.clone(),
@@ -319,6 +340,7 @@ impl Gateway {
         match pb::ReserveOutcome::try_from(reserved.outcome) {
             Ok(pb::ReserveOutcome::Reserved) => {}
             Ok(pb::ReserveOutcome::SoldOut) => {
+                self.close_room(sale).await;
                 return Err(Error::SoldOut {
                     sale_id: sale.sale_id.clone(),
                     retry_after: self.inner.config.sold_out_ttl.max(Duration::from_secs(1)),

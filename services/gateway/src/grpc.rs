@@ -59,6 +59,30 @@ impl FlashSale for GatewayApi {
         Ok(Response::new(accepted))
     }
 
+    async fn join_queue(
+        &self,
+        request: Request<pb::JoinQueueRequest>,
+    ) -> Result<Response<pb::QueueStanding>, Status> {
+        let caller = self.verifier.caller(request.metadata())?;
+        let standing = self
+            .gateway
+            .join_queue(&caller, &request.into_inner().sale_id)
+            .await?;
+        Ok(Response::new(standing))
+    }
+
+    async fn queue_status(
+        &self,
+        request: Request<pb::QueueStatusRequest>,
+    ) -> Result<Response<pb::QueueStanding>, Status> {
+        let caller = self.verifier.caller(request.metadata())?;
+        let standing = self
+            .gateway
+            .queue_status(&caller, request.into_inner())
+            .await?;
+        Ok(Response::new(standing))
+    }
+
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,

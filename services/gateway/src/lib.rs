@@ -6,6 +6,10 @@
 //! buyer views of sales and orders, and sale administration ([`admin`]: create, end, figures,
 //! and reconciliation of Redis with Postgres and the stream).
 //!
+//! A sale may have a fair waiting room in front of it (`queue`): JoinQueue and QueueStatus
+//! over [`flashsale_limiter::waiting_room`], and Purchase then needs the single-use purchase
+//! token admission gives.
+//!
 //! - [`config`]: the `[gateway]` section.
 //! - [`sales`]: sale validation and conversions.
 //! - [`grpc`]: the `FlashSale` and `SaleAdmin` servers.
@@ -17,6 +21,7 @@ mod error;
 pub mod gateway;
 pub mod grpc;
 mod metrics;
+mod queue;
 pub mod sales;
 
 pub use config::Config;

@@ -14,6 +14,8 @@ use flashsale_proto::{
     v1 as pb,
 };
 
+use flashsale_limiter::waiting_room::RoomSettings;
+
 use crate::Error;
 
 /// Default time a reservation is held before its order is persisted.
@@ -49,7 +51,72 @@ pub fn sale_pb(sale: &sales::Model) -> pb::Sale {
         payment_window: Some(duration(sale.payment_window_ms as u64)),
         state: state(sale, flashsale_proto::time::now_ms()) as i32,
         stock_buckets: sale.stock_buckets as u32,
+        waiting_room: room_settings(sale).map(|room| pb::WaitingRoom {
+            admissions_per_second: room.rate_per_second,
+            active_cap: room.active_cap,
+            admission_window: Some(duration(room.admission_window.as_millis() as u64)),
+        }),
     }
+}
+
+/// Default time an admitted buyer has to buy.
+pub const DEFAULT_ADMISSION_WINDOW: Duration = Duration::from_secs(120);
+
+/// The sale's waiting room, if it has one (`ticket_ttl` is the gateway's to set).
+pub fn room_settings(sale: &sales::Model) -> Option<RoomSettings> {
+    let (Some(rate), Some(cap), Some(window)) = (
+        sale.waiting_room_rate_milli,
+        sale.waiting_room_cap,
+        sale.waiting_room_window_ms,
+    ) else {
+        return None;
+    };
+    Some(RoomSettings {
+        rate_per_second: rate as f64 / 1000.0,
+        active_cap: cap as u32,
+        admission_window: Duration::from_millis(window as u64),
+        ticket_ttl: Duration::from_secs(1_800),
+        opens_at_ms: ms(sale.starts_at),
+    })
+}
+
+/// A waiting room's columns: rate in thousandths per second, cap, window in ms.
+type RoomColumns = (Option<i64>, Option<i32>, Option<i64>);
+
+/// Checks a CreateSale waiting room.
+fn new_room(room: Option<&pb::WaitingRoom>) -> Result<RoomColumns, Error> {
+    let Some(room) = room else {
+        return Ok((None, None, None));
+    };
+    let rate = room.admissions_per_second;
+    if !(rate.is_finite() && (0.001..=100_000.0).contains(&rate)) {
+        return Err(Error::invalid(
+            "waiting_room.admissions_per_second",
+            "must be within 0.001..=100000",
+        ));
+    }
+    if !(1..=1_000_000).contains(&room.active_cap) {
+        return Err(Error::invalid(
+            "waiting_room.active_cap",
+            "must be within 1..=1000000",
+        ));
+    }
+    let window = optional_duration(
+        "waiting_room.admission_window",
+        room.admission_window.as_ref(),
+        DEFAULT_ADMISSION_WINDOW,
+    )?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&window) {
+        return Err(Error::invalid(
+            "waiting_room.admission_window",
+            "must be within 1s..=1h",
+        ));
+    }
+    Ok((
+        Some((rate * 1000.0).round() as i64),
+        Some(room.active_cap as i32),
+        Some(window.as_millis() as i64),
+    ))
 }
 
 /// Checks a CreateSale request and makes the row (assigning an id when none is given).
@@ -85,6 +152,7 @@ pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
             ),
         ));
     }
+    let (room_rate, room_cap, room_window) = new_room(sale.waiting_room.as_ref())?;
     if !(0..=1_000_000_000_000).contains(&sale.unit_price_minor) {
         return Err(Error::invalid(
             "unit_price_minor",
@@ -143,6 +211,9 @@ pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
         ended_at: None,
         created_at: Utc::now(),
         stock_buckets: buckets as i32,
+        waiting_room_rate_milli: room_rate,
+        waiting_room_cap: room_cap,
+        waiting_room_window_ms: room_window,
     })
 }
 

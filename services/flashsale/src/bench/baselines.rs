@@ -97,6 +97,18 @@ impl FlashSale for Echo {
     ) -> Result<Response<pb::ListSalesResponse>, Status> {
         not_here()
     }
+    async fn join_queue(
+        &self,
+        _: Request<pb::JoinQueueRequest>,
+    ) -> Result<Response<pb::QueueStanding>, Status> {
+        not_here()
+    }
+    async fn queue_status(
+        &self,
+        _: Request<pb::QueueStatusRequest>,
+    ) -> Result<Response<pb::QueueStanding>, Status> {
+        not_here()
+    }
 }
 
 /// Starts the echo server.
@@ -212,6 +224,18 @@ impl FlashSale for NaivePostgres {
         &self,
         _: Request<pb::ListSalesRequest>,
     ) -> Result<Response<pb::ListSalesResponse>, Status> {
+        not_here()
+    }
+    async fn join_queue(
+        &self,
+        _: Request<pb::JoinQueueRequest>,
+    ) -> Result<Response<pb::QueueStanding>, Status> {
+        not_here()
+    }
+    async fn queue_status(
+        &self,
+        _: Request<pb::QueueStatusRequest>,
+    ) -> Result<Response<pb::QueueStanding>, Status> {
         not_here()
     }
 }

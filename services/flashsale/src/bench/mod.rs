@@ -230,6 +230,7 @@ async fn create_sale(
             payment_window: Some(duration(3_600_000)),
             state: 0,
             stock_buckets: 0,
+            waiting_room: None,
         }),
     });
     request.metadata_mut().insert(

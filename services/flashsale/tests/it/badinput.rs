@@ -252,6 +252,7 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
         payment_window: Some(duration(600_000)),
         state: 0,
         stock_buckets: 0,
+        waiting_room: None,
     };
     let sale_with = |edit: fn(&mut pb::Sale)| {
         let mut sale = good_sale();
@@ -400,6 +401,59 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
     cases.push(("invalid UTF-8", bad_utf8(), Code::Internal));
     rpc(
         "/flashsale.v1.FlashSale/GetSale",
+        p.gateway,
+        Caller::Buyer,
+        false,
+        cases,
+    );
+    let mut cases = sale_id_cases(&|sale_id| enc(pb::JoinQueueRequest { sale_id }));
+    cases.extend([
+        (
+            "sale without a waiting room",
+            enc(pb::JoinQueueRequest {
+                sale_id: sale.sale_id.clone(),
+            }),
+            Code::FailedPrecondition,
+        ),
+        (
+            "unknown sale",
+            enc(pb::JoinQueueRequest {
+                sale_id: "no-such-sale".into(),
+            }),
+            Code::NotFound,
+        ),
+        ("invalid UTF-8", bad_utf8(), Code::Internal),
+    ]);
+    rpc(
+        "/flashsale.v1.FlashSale/JoinQueue",
+        p.gateway,
+        Caller::Buyer,
+        false,
+        cases,
+    );
+    let queue_status =
+        |sale_id: String, ticket: String| enc(pb::QueueStatusRequest { sale_id, ticket });
+    let mut cases = sale_id_cases(&|sale_id| queue_status(sale_id, "t.t".into()));
+    cases.extend([
+        (
+            "empty ticket",
+            queue_status(sale.sale_id.clone(), String::new()),
+            Code::InvalidArgument,
+        ),
+        (
+            "1 MiB ticket",
+            queue_status(sale.sale_id.clone(), big.clone()),
+            Code::InvalidArgument,
+        ),
+        (
+            "ticket for a sale without a waiting room",
+            queue_status(sale.sale_id.clone(), "a.b".into()),
+            Code::FailedPrecondition,
+        ),
+        ("invalid UTF-8", bad_utf8(), Code::Internal),
+    ]);
+    rpc(
+        "/flashsale.v1.FlashSale/QueueStatus",
         p.gateway,
         Caller::Buyer,
         false,
@@ -1037,7 +1091,7 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
     let paths: std::collections::HashSet<&str> = rpcs.iter().map(|r| r.path).collect();
     assert_eq!(
         paths.len(),
-        25,
+        27,
         "every RPC of every service is in the table"
     );
     assert!(

@@ -160,6 +160,7 @@ async fn create_sale(mesh: &Mesh, stock: u64, limit: u32) -> pb::Sale {
             payment_window: Some(duration(600_000)),
             state: 0,
             stock_buckets: 0,
+            waiting_room: None,
         }),
     });
     request
@@ -173,7 +174,8 @@ async fn repair(mesh: &Mesh, sale_id: &str) {
     let token = mesh
         .signer()
         .token("operator", true, Duration::from_secs(600));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // Generous: the order consumer drains the stream first, and CI runs other tests beside.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let mut admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
         let mut request = tonic::Request::new(pb::ReconcileRequest {

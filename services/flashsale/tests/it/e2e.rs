@@ -15,7 +15,7 @@ use tonic::Code;
 
 use crate::mesh::Mesh;
 
-fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+pub(crate) fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
@@ -61,6 +61,7 @@ pub(crate) async fn create_sale_in_buckets(
                     payment_window: Some(duration(payment_window_ms)),
                     state: 0,
                     stock_buckets,
+                    waiting_room: None,
                 }),
             },
             &token,

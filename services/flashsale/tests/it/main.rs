@@ -10,6 +10,7 @@ mod e2e;
 mod mesh;
 mod migrate;
 mod observability;
+mod queue;
 mod serve;
 mod tls;
 

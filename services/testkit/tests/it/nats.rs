@@ -107,6 +107,27 @@ async fn a_three_node_cluster_keeps_a_replicated_stream_through_a_node_loss() ->
             }
         }
         cluster.node(victim).restart().await?;
+        // The next kill may only come once the restarted node has caught up again: with it
+        // still behind, losing another would leave no quorum.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let caught_up = async {
+                let info = js.get_stream("KIT3").await?.info().await?.clone();
+                let replicas = info.cluster.map(|c| c.replicas).unwrap_or_default();
+                anyhow::Ok(replicas.len() == 2 && replicas.iter().all(|r| r.current && !r.offline))
+            };
+            if tokio::time::timeout(Duration::from_secs(3), caught_up)
+                .await
+                .is_ok_and(|r| r.is_ok_and(|ok| ok))
+            {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "node {victim} never caught up after its restart"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let mut stream = js.get_stream("KIT3").await?;
     let info = stream.info().await?;
