@@ -90,10 +90,16 @@ pub fn bucket_tag(sale_id: &str, k: u32, n: u32) -> String {
     let centre = (2 * k + 1) * SLOTS / (2 * n);
     let reach = (SLOTS / (8 * n)).max(1);
     let near = (centre - reach.min(centre))..(centre + reach);
-    (0u32..)
-        .map(|s| format!("{sale_id}#{k}.{s}"))
-        .find(|tag| near.contains(&u32::from(fred::util::redis_keyslot(tag.as_bytes()))))
-        .expect("some suffix hashes near every slot")
+    let mut tag = format!("{sale_id}#{k}.");
+    let prefix = tag.len();
+    for s in 0u32.. {
+        tag.truncate(prefix);
+        tag.push_str(&s.to_string());
+        if near.contains(&u32::from(fred::util::redis_keyslot(tag.as_bytes()))) {
+            return tag;
+        }
+    }
+    unreachable!("some suffix hashes near every slot")
 }
 
 /// Hash slots in a Redis Cluster.

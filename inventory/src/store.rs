@@ -177,7 +177,12 @@ impl Inventory {
         changed: fn(&[Value]) -> bool,
     ) -> Result<Vec<Value>, Error> {
         let client = self.inner.redis.next();
-        let first = keys.first().cloned().unwrap_or_default();
+        // WAIT goes to the master of the first key; nothing to keep when no replica is awaited.
+        let first = if self.inner.replica_acks > 0 {
+            keys.first().cloned().unwrap_or_default()
+        } else {
+            String::new()
+        };
         let call = async {
             let value = script
                 .evalsha_with_reload::<Value, _, _>(client, keys, args)

@@ -199,7 +199,8 @@ impl WaitingRoom {
         })
     }
 
-    async fn call(&self, sale_id: &str, args: Vec<Value>) -> Result<Vec<Value>, RoomError> {
+    /// Runs the room script and parses its reply: (status, number, admitted, rate).
+    async fn call(&self, sale_id: &str, args: Vec<Value>) -> Result<Reply, RoomError> {
         let client = self.redis.next();
         let call = self
             .script
@@ -210,7 +211,7 @@ impl WaitingRoom {
                 self.timeout
             ))),
             Ok(Err(e)) => Err(RoomError::Redis(e.to_string())),
-            Ok(Ok(Value::Array(items))) => Ok(items),
+            Ok(Ok(Value::Array(items))) => parse(sale_id, &items),
             Ok(Ok(other)) => Err(RoomError::Redis(format!("unexpected answer {other:?}"))),
         }
     }
@@ -246,7 +247,7 @@ impl WaitingRoom {
         let reply = self
             .call(sale_id, vec!["JOIN".into(), now_ms.into(), user.into()])
             .await?;
-        let (status, number, admitted, rate) = parse(sale_id, &reply)?;
+        let (status, number, admitted, rate) = reply;
         if status == "SOLD_OUT" {
             return Err(RoomError::SoldOut);
         }
@@ -295,7 +296,7 @@ impl WaitingRoom {
                 ],
             )
             .await?;
-        let (status, number, admitted, rate) = parse(sale_id, &reply)?;
+        let (status, number, admitted, rate) = reply;
         match status.as_str() {
             "NOT_YOURS" => Err(RoomError::Refused {
                 kind: "ticket",
@@ -371,7 +372,7 @@ impl WaitingRoom {
                 ],
             )
             .await?;
-        let (status, number, _, _) = parse(sale_id, &reply)?;
+        let (status, number, _, _) = reply;
         match status.as_str() {
             "REDEEMED" => Ok(number),
             "USED" => Err(RoomError::Used),
@@ -386,10 +387,9 @@ impl WaitingRoom {
 
     /// The sale sold out: every queued buyer hears it from now on, and nobody more is admitted.
     pub async fn sold_out(&self, sale_id: &str, now_ms: i64) -> Result<(), RoomError> {
-        let reply = self
-            .call(sale_id, vec!["SOLDOUT".into(), now_ms.into()])
-            .await?;
-        parse(sale_id, &reply).map(drop)
+        self.call(sale_id, vec!["SOLDOUT".into(), now_ms.into()])
+            .await
+            .map(drop)
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -448,7 +448,10 @@ impl WaitingRoom {
     }
 }
 
-fn parse(sale_id: &str, reply: &[Value]) -> Result<(String, u64, u64, f64), RoomError> {
+/// A room script's reply: status, arrival number, admitted watermark, admission rate.
+type Reply = (String, u64, u64, f64);
+
+fn parse(sale_id: &str, reply: &[Value]) -> Result<Reply, RoomError> {
     let text = |i: usize| reply.get(i).and_then(Value::as_string);
     let int = |i: usize| {
         reply

@@ -40,30 +40,44 @@ pub(crate) async fn create_sale_in_buckets(
     payment_window_ms: u64,
     stock_buckets: u32,
 ) -> pb::Sale {
+    create_sale_with(mesh, stock, limit, payment_window_ms, |sale| {
+        sale.stock_buckets = stock_buckets;
+    })
+    .await
+}
+
+/// [`create_sale`], with the sale changed by `tweak` before it is sent.
+pub(crate) async fn create_sale_with(
+    mesh: &Mesh,
+    stock: u64,
+    limit: u32,
+    payment_window_ms: u64,
+    tweak: impl FnOnce(&mut pb::Sale),
+) -> pb::Sale {
     let mut admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
     let token = mesh
         .signer()
         .token("operator", true, Duration::from_secs(600));
     let now = flashsale_proto::time::now_ms();
+    let mut sale = pb::Sale {
+        sale_id: String::new(),
+        name: "end to end".into(),
+        stock,
+        per_user_limit: limit,
+        unit_price_minor: 1_999,
+        currency: "CNY".into(),
+        starts_at: Some(timestamp(now - 1_000)),
+        ends_at: Some(timestamp(now + 3_600_000)),
+        reservation_hold: Some(duration(30_000)),
+        payment_window: Some(duration(payment_window_ms)),
+        state: 0,
+        stock_buckets: 0,
+        waiting_room: None,
+    };
+    tweak(&mut sale);
     admin
         .create_sale(authorized(
-            pb::CreateSaleRequest {
-                sale: Some(pb::Sale {
-                    sale_id: String::new(),
-                    name: "end to end".into(),
-                    stock,
-                    per_user_limit: limit,
-                    unit_price_minor: 1_999,
-                    currency: "CNY".into(),
-                    starts_at: Some(timestamp(now - 1_000)),
-                    ends_at: Some(timestamp(now + 3_600_000)),
-                    reservation_hold: Some(duration(30_000)),
-                    payment_window: Some(duration(payment_window_ms)),
-                    state: 0,
-                    stock_buckets,
-                    waiting_room: None,
-                }),
-            },
+            pb::CreateSaleRequest { sale: Some(sale) },
             &token,
         ))
         .await

@@ -5,47 +5,26 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use flashsale_proto::{
-    time::{duration, timestamp},
-    v1::{self as pb, flash_sale_client::FlashSaleClient, sale_admin_client::SaleAdminClient},
+    time::duration,
+    v1::{self as pb, flash_sale_client::FlashSaleClient},
 };
 use flashsale_runtime::status::reason_of;
 use tonic::{Code, transport::Channel};
 
 use crate::{
-    e2e::{authorized, create_sale},
+    e2e::{authorized, create_sale, create_sale_with},
     mesh::Mesh,
 };
 
 async fn create_room_sale(mesh: &Mesh, stock: u64) -> pb::Sale {
-    let mut admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
-    let token = mesh
-        .signer()
-        .token("operator", true, Duration::from_secs(600));
-    let now = flashsale_proto::time::now_ms();
-    admin
-        .create_sale(authorized(
-            pb::CreateSaleRequest {
-                sale: Some(pb::Sale {
-                    name: "behind a waiting room".into(),
-                    stock,
-                    per_user_limit: 1,
-                    unit_price_minor: 100,
-                    currency: "CNY".into(),
-                    starts_at: Some(timestamp(now - 1_000)),
-                    ends_at: Some(timestamp(now + 3_600_000)),
-                    waiting_room: Some(pb::WaitingRoom {
-                        admissions_per_second: 20.0,
-                        active_cap: 4,
-                        admission_window: Some(duration(30_000)),
-                    }),
-                    ..Default::default()
-                }),
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
+    create_sale_with(mesh, stock, 1, 600_000, |sale| {
+        sale.waiting_room = Some(pb::WaitingRoom {
+            admissions_per_second: 20.0,
+            active_cap: 4,
+            admission_window: Some(duration(30_000)),
+        });
+    })
+    .await
 }
 
 struct Buyer {
