@@ -26,9 +26,11 @@ async fn outage(mode: FailureMode) -> Vec<i32> {
     let mut codes = Vec::new();
     for _ in 0..6 {
         let (code, took) = timed(&w, "x").await;
-        // Twice the timeout, plus the gRPC round trip on a busy 2-core machine.
+        // Bounded by the Redis timeout, not by a reconnect: without the
+        // timeout a call would wait for Redis to come back. The slack is for
+        // the gRPC round trip on a busy 2-core machine.
         assert!(
-            took < 2 * TIMEOUT + Duration::from_millis(60),
+            took < 2 * TIMEOUT + Duration::from_millis(400),
             "{mode:?}: answered in {took:?}"
         );
         codes.push(code);
@@ -46,11 +48,15 @@ async fn outage(mode: FailureMode) -> Vec<i32> {
     );
 
     w.redis.restart().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = w
-            .ask(request("d", vec![descriptor(&[("k", "after")])]))
-            .await;
+    // A fresh key per try: a try that Redis counted but answered after the
+    // timeout (the first script load on a cold server can take that long on a
+    // busy machine) fell back locally, and must not spoil the next try's
+    // count. Only Redis answers 7 for a fresh key: the fallbacks answer 8
+    // (allow), 0 (deny) or 3 (half the limit, locally).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for attempt in 0.. {
+        let key = format!("after-{attempt}");
+        let r = w.ask(request("d", vec![descriptor(&[("k", &key)])])).await;
         if r.statuses[0].limit_remaining == 7 {
             break; // counted in Redis again
         }
