@@ -65,8 +65,18 @@ pub(crate) fn describe(sale: &pb::Sale) -> String {
             .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
             .unwrap_or_default()
     };
+    let mut extras = String::new();
+    if sale.stock_buckets > 1 {
+        extras.push_str(&format!("  {} stock buckets", sale.stock_buckets));
+    }
+    if let Some(room) = &sale.waiting_room {
+        extras.push_str(&format!(
+            "  waiting room {}/s, {} active",
+            room.admissions_per_second, room.active_cap
+        ));
+    }
     format!(
-        "{}  {:?}  {:>8} units  limit {}  {} {}.{:02}  {} → {}  \"{}\"",
+        "{}  {:?}  {:>8} units  limit {}  {} {}.{:02}  {} → {}{extras}  \"{}\"",
         sale.sale_id,
         pb::SaleState::try_from(sale.state).unwrap_or_default(),
         sale.stock,
@@ -95,6 +105,7 @@ pub(crate) async fn sale(command: SaleCommand, config: &MeshConfig) -> Result<()
             hold,
             payment_window,
             stock_buckets,
+            room,
         } => {
             let (channel, token) = admin_client(&gateway, config).await?;
             let mut client = SaleAdminClient::new(channel);
@@ -112,7 +123,7 @@ pub(crate) async fn sale(command: SaleCommand, config: &MeshConfig) -> Result<()
                 payment_window: Some(duration(payment_window.as_millis() as u64)),
                 state: 0,
                 stock_buckets,
-                waiting_room: None,
+                waiting_room: room.to_pb(),
             };
             let created = client
                 .create_sale(authorized(

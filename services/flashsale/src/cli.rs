@@ -159,9 +159,47 @@ pub(crate) struct UpArgs {
     #[arg(long, default_value_t = 1_000)]
     pub(crate) users: u32,
 
+    /// Stock buckets of the demo sale (1..=64; more than 1 pays off on a Redis Cluster).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) stock_buckets: u32,
+
+    #[command(flatten)]
+    pub(crate) room: RoomArgs,
+
     /// Where Redis, NATS and Postgres keep their files when `up` has to start them.
     #[arg(long, default_value = ".flashsale", value_name = "DIR")]
     pub(crate) data_dir: PathBuf,
+}
+
+/// A sale's waiting room.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RoomArgs {
+    /// Put the sale behind a fair waiting room admitting this many buyers per second
+    /// (0.001..=100000); buyers queue for a single-use purchase token.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub(crate) waiting_room: Option<f64>,
+
+    /// With `--waiting-room`: most admitted buyers who have not bought yet.
+    #[arg(long, default_value_t = 100, requires = "waiting_room")]
+    pub(crate) active_cap: u32,
+
+    /// With `--waiting-room`: how long an admitted buyer has to buy.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration, requires = "waiting_room")]
+    pub(crate) admission_window: std::time::Duration,
+}
+
+impl RoomArgs {
+    /// The sale's `waiting_room` field.
+    pub(crate) fn to_pb(&self) -> Option<flashsale_proto::v1::WaitingRoom> {
+        self.waiting_room
+            .map(|rate| flashsale_proto::v1::WaitingRoom {
+                admissions_per_second: rate,
+                active_cap: self.active_cap,
+                admission_window: Some(flashsale_proto::time::duration(
+                    self.admission_window.as_millis() as u64,
+                )),
+            })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +284,8 @@ pub(crate) enum SaleCommand {
         /// Cluster masters (1..=64, at most the stock).
         #[arg(long, default_value_t = 1)]
         stock_buckets: u32,
+        #[command(flatten)]
+        room: RoomArgs,
     },
     /// List sales.
     List {

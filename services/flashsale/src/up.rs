@@ -204,8 +204,8 @@ async fn demo(
         reservation_hold: Some(duration(30_000)),
         payment_window: Some(duration(600_000)),
         state: 0,
-        stock_buckets: 0,
-        waiting_room: None,
+        stock_buckets: args.stock_buckets,
+        waiting_room: args.room.to_pb(),
     };
     let mut admin = SaleAdminClient::new(connect(gateway).await?);
     let mut create = tonic::Request::new(pb::CreateSaleRequest { sale: Some(sale) });
@@ -220,14 +220,21 @@ async fn demo(
         .into_inner();
     println!("\nDemo sale: {}", crate::admin::describe(&sale));
     println!(
-        "  {} attempts by {} buyers through the limiter sidecar, 64 in flight, 10% repeated idempotency keys",
-        args.attempts, args.users
+        "  {} attempts by {} buyers through the limiter sidecar, 64 in flight, 10% repeated idempotency keys{}",
+        args.attempts,
+        args.users,
+        if sale.waiting_room.is_some() {
+            "; each buyer queues once for a purchase token"
+        } else {
+            ""
+        }
     );
 
     let scenario = Scenario {
         users: args.users,
         attempts: args.attempts,
         concurrency: 64,
+        waiting_room: sale.waiting_room.is_some(),
         ..Scenario::default()
     };
     let report = flashsale_loadgen::drive(
@@ -256,16 +263,23 @@ async fn demo(
         report.elapsed.as_secs_f64(),
         report.attempts as f64 / report.elapsed.as_secs_f64()
     );
+    let rejected: BTreeMap<_, _> = report.rejected.iter().collect();
+    let w = rejected
+        .keys()
+        .map(|reason| reason.len() + 9)
+        .max()
+        .unwrap_or(0)
+        .max(19);
     println!(
-        "  accepted            {:>7}  ({} more answers repeated an earlier purchase)",
+        "  {:<w$} {:>7}  ({} more answers repeated an earlier purchase)",
+        "accepted",
         report.accepted.len(),
         report.duplicates_answered
     );
-    let rejected: BTreeMap<_, _> = report.rejected.iter().collect();
     for (reason, n) in rejected {
-        println!("  rejected {reason:<12} {n:>7}");
+        println!("  {:<w$} {n:>7}", format!("rejected {reason}"));
     }
-    println!("  paid                {:>7}", paid.len());
+    println!("  {:<w$} {:>7}", "paid", paid.len());
     println!(
         "  latency p50 {:?}  p99 {:?}  max {:?}",
         report.latency(0.5),

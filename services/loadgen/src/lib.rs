@@ -6,8 +6,12 @@
 //! - [`pay`]: pays a share of the accepted orders through the Orders service, as a payment
 //!   provider would.
 //! - [`audit`]: once the orders are written, checks what must hold: no oversell, every accepted
-//!   purchase exactly one order, no order for a refused purchase, the per-user limit, and Redis
-//!   agreeing with Postgres.
+//!   purchase exactly one order, no order for a refused purchase, the per-user limit, Redis
+//!   agreeing with Postgres, and for a sale behind a waiting room, admission in arrival order.
+//!
+//! For a sale with a waiting room ([`Scenario::waiting_room`]) each buyer joins the line on
+//! their first attempt, asks where they stand until admitted, and buys with the purchase
+//! token ([`queue`]).
 //!
 //! `flashsale up`, the end-to-end tests and `flashsale bench` all use it.
 
@@ -28,6 +32,10 @@ use futures::StreamExt;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tonic::{Code, transport::Channel};
 
+pub mod queue;
+
+pub use queue::{QueueVisit, fair_admission};
+
 /// How the buyers behave.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -45,6 +53,10 @@ pub struct Scenario {
     pub retries: u32,
     /// Seed of the buyers' choices.
     pub seed: u64,
+    /// The sale has a waiting room: buyers queue for a purchase token first.
+    pub waiting_room: bool,
+    /// How long a buyer waits in line for admission before giving up (`QUEUE_TIMEOUT`).
+    pub queue_patience: Duration,
 }
 
 impl Default for Scenario {
@@ -57,6 +69,8 @@ impl Default for Scenario {
             duplicate_ratio: 0.1,
             retries: 3,
             seed: 7,
+            waiting_room: false,
+            queue_patience: Duration::from_secs(120),
         }
     }
 }
@@ -182,6 +196,8 @@ pub struct Report {
     pub last_accepted: Option<Duration>,
     /// Every attempt's final answer, in the order they came.
     pub outcomes: Vec<Outcome>,
+    /// For a sale with a waiting room: every buyer's visit, by arrival number.
+    pub queue: Vec<QueueVisit>,
 }
 
 impl Report {
@@ -208,6 +224,7 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
 struct Buyers {
     signer: Signer,
     tokens: Mutex<HashMap<u32, String>>,
+    room: Option<queue::Room>,
 }
 
 impl Buyers {
@@ -261,8 +278,19 @@ impl Outcome {
         match &self.answer {
             Ok(_) => Verdict::Accepted,
             Err(reason) => match reason.as_str() {
-                "SOLD_OUT" | "USER_LIMIT" | "RATE_LIMITED" | "OVERLOADED" | "SALE_NOT_ACTIVE"
-                | "SALE_NOT_FOUND" | "INVALID_ARGUMENT" | "UNAUTHENTICATED" => Verdict::Refused,
+                "SOLD_OUT"
+                | "USER_LIMIT"
+                | "RATE_LIMITED"
+                | "OVERLOADED"
+                | "SALE_NOT_ACTIVE"
+                | "SALE_NOT_FOUND"
+                | "INVALID_ARGUMENT"
+                | "UNAUTHENTICATED"
+                | "PURCHASE_TOKEN_REQUIRED"
+                | "PURCHASE_TOKEN_USED"
+                | "QUEUE_TOKEN_REFUSED"
+                | "NO_WAITING_ROOM"
+                | "QUEUE_TIMEOUT" => Verdict::Refused,
                 _ => Verdict::Unknown,
             },
         }
@@ -319,11 +347,14 @@ pub async fn run(
     progress: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> Report {
     let plans = plans(scenario);
+    let started = Instant::now();
     let buyers = Arc::new(Buyers {
         signer,
         tokens: Mutex::new(HashMap::new()),
+        room: scenario
+            .waiting_room
+            .then(|| queue::Room::new(started, scenario.queue_patience, scenario.retries)),
     });
-    let started = Instant::now();
     let (quantity, retries) = (scenario.quantity, scenario.retries);
     // (completed at, latency, answer)
     let one = {
@@ -402,6 +433,11 @@ pub async fn run(
         first_sold_out: None,
         last_accepted: None,
         outcomes: Vec::new(),
+        queue: buyers
+            .room
+            .as_ref()
+            .map(queue::Room::visits)
+            .unwrap_or_default(),
     };
     let mut seconds: BTreeMap<u32, (Tick, hdrhistogram::Histogram<u64>)> = BTreeMap::new();
     let mut seen = HashSet::new();
@@ -471,22 +507,24 @@ async fn attempt(
     quantity: u32,
     retries: u32,
 ) -> Result<pb::PurchaseAccepted, String> {
+    let token = buyers.token(plan.user);
+    let purchase_token = match &buyers.room {
+        Some(room) => {
+            room.purchase_token(target.clone(), &user_id(plan.user), &token, sale_id)
+                .await?
+        }
+        None => String::new(),
+    };
     let mut client = FlashSaleClient::new(target);
     let mut tries = 0;
     loop {
-        let mut request = tonic::Request::new(pb::PurchaseRequest {
+        let purchase = pb::PurchaseRequest {
             sale_id: sale_id.to_owned(),
             quantity,
             idempotency_key: plan.key.clone(),
-            purchase_token: String::new(),
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", bearer(&buyers.token(plan.user)));
-        if let Ok(value) = sale_id.parse() {
-            request.metadata_mut().insert("flashsale-sale-id", value);
-        }
-        match client.purchase(request).await {
+            purchase_token: purchase_token.clone(),
+        };
+        match client.purchase(request(purchase, &token, sale_id)).await {
             Ok(response) => return Ok(response.into_inner()),
             Err(status) => {
                 let reason = reason_of(&status).unwrap_or_else(|| format!("{:?}", status.code()));
@@ -505,6 +543,18 @@ async fn attempt(
             }
         }
     }
+}
+
+/// A buyer's call: their token, and the sale id for the limiter sidecar's descriptors.
+fn request<T>(message: T, token: &str, sale_id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer(token));
+    if let Ok(value) = sale_id.parse() {
+        request.metadata_mut().insert("flashsale-sale-id", value);
+    }
+    request
 }
 
 /// Pays `share` of the accepted orders (once each is persisted and ready); returns the ids paid.
@@ -738,6 +788,10 @@ async fn audit_with(
             sale.per_user_limit
         ),
     );
+    if !report.queue.is_empty() {
+        let (ok, detail) = fair_admission(&report.queue);
+        check("fair admission", ok, detail);
+    }
     if faults {
         for (name, ok, detail) in attempt_checks(&report.outcomes, &rows) {
             check(name, ok, detail);

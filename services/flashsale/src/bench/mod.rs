@@ -401,6 +401,7 @@ pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
         duplicate_ratio: args.duplicate_ratio,
         retries: args.retries,
         seed: 42,
+        ..Scenario::default()
     };
     let load = match args.rate {
         Some(rate) => Load::Open {

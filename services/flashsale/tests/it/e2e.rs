@@ -1,7 +1,7 @@
 //! A whole flash sale through the real processes: sidecar → gateway → inventory → JetStream →
 //! order consumer → Postgres, payments and expiry, then the invariants. And who may do what.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use flashsale_gateway::auth::{Claims, bearer};
 use flashsale_loadgen::{Scenario, Sources};
@@ -47,6 +47,16 @@ pub(crate) async fn create_sale_in_buckets(
 }
 
 /// [`create_sale`], with the sale changed by `tweak` before it is sent.
+/// How many buyers the accepted purchases went to.
+pub(crate) fn distinct_buyers(report: &flashsale_loadgen::Report) -> usize {
+    report
+        .accepted
+        .iter()
+        .map(|a| a.user_id.as_str())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
 pub(crate) async fn create_sale_with(
     mesh: &Mesh,
     stock: u64,
@@ -101,13 +111,7 @@ async fn a_whole_flash_sale_keeps_every_invariant() {
         retries: 3,
         ..Scenario::default()
     };
-    let report = flashsale_loadgen::drive(
-        mesh.channel(mesh.ports.sidecar).await,
-        signer.clone(),
-        &sale.sale_id,
-        &scenario,
-    )
-    .await;
+    let report = mesh.drive(&sale, &scenario).await;
     let units: u32 = report.accepted.iter().map(|a| a.quantity).sum();
     // Demand far above stock sells it all; on a slow run some orders expire during the sale and
     // their units sell again, so buyers may have been granted more than 500 in all (never more
@@ -228,19 +232,10 @@ async fn a_hot_item_in_stock_buckets_sells_through_the_whole_mesh() {
         retries: 3,
         ..Scenario::default()
     };
-    let report = flashsale_loadgen::drive(
-        mesh.channel(mesh.ports.sidecar).await,
-        mesh.signer(),
-        &sale.sale_id,
-        &scenario,
-    )
-    .await;
+    let report = mesh.drive(&sale, &scenario).await;
     let units: u32 = report.accepted.iter().map(|a| a.quantity).sum();
     assert_eq!(units, 300, "exactly the stock: {:?}", report.rejected);
-    let mut buyers: Vec<&str> = report.accepted.iter().map(|a| a.user_id.as_str()).collect();
-    buyers.sort_unstable();
-    buyers.dedup();
-    assert_eq!(buyers.len(), 300, "no buyer twice");
+    assert_eq!(distinct_buyers(&report), 300, "no buyer twice");
     let paid = flashsale_loadgen::pay(
         mesh.channel(mesh.ports.orders).await,
         &report.accepted,

@@ -335,6 +335,21 @@ upstream = "http://127.0.0.1:{gw}"
         Signer::new(&auth).unwrap()
     }
 
+    /// Loadgen buyers through the limiter sidecar, as the outside world reaches the mesh.
+    pub(crate) async fn drive(
+        &self,
+        sale: &flashsale_proto::v1::Sale,
+        scenario: &flashsale_loadgen::Scenario,
+    ) -> flashsale_loadgen::Report {
+        flashsale_loadgen::drive(
+            self.channel(self.ports.sidecar).await,
+            self.signer(),
+            &sale.sale_id,
+            scenario,
+        )
+        .await
+    }
+
     pub(crate) async fn channel(&self, port: u16) -> Channel {
         tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
             .unwrap()

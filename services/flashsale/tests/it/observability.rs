@@ -232,13 +232,7 @@ async fn every_process_serves_metrics_that_move_with_the_sale() {
         retries: 0,
         ..Scenario::default()
     };
-    let report = flashsale_loadgen::drive(
-        mesh.channel(mesh.ports.sidecar).await,
-        mesh.signer(),
-        &sale.sale_id,
-        &scenario,
-    )
-    .await;
+    let report = mesh.drive(&sale, &scenario).await;
     assert_eq!(report.accepted.len(), 50);
     // Let the consumer write and the sweeper read the stock.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -12,7 +12,7 @@ use flashsale_runtime::status::reason_of;
 use tonic::{Code, transport::Channel};
 
 use crate::{
-    e2e::{authorized, create_sale, create_sale_with},
+    e2e::{authorized, create_sale, create_sale_with, distinct_buyers},
     mesh::Mesh,
 };
 
@@ -273,4 +273,177 @@ async fn a_waiting_room_admits_in_arrival_order_and_tokens_buy_once() {
         Code::FailedPrecondition,
         "NO_WAITING_ROOM",
     );
+}
+
+/// Loadgen buyers behind a waiting room, through the sidecar: each queues once, buys with its
+/// token, and the audit finds exactly the stock sold, one unit per buyer, every order written,
+/// and admission in arrival order as the buyers saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_buyers_queue_in_arrival_order_and_the_audit_holds() {
+    let mesh = Mesh::start("waiting room under load").await;
+    let sale = create_sale_with(&mesh, 80, 2, 600_000, |sale| {
+        sale.waiting_room = Some(pb::WaitingRoom {
+            admissions_per_second: 200.0,
+            active_cap: 16,
+            admission_window: Some(duration(30_000)),
+        });
+    })
+    .await;
+    let scenario = flashsale_loadgen::Scenario {
+        users: 400,
+        attempts: 1_200,
+        concurrency: 64,
+        duplicate_ratio: 0.2,
+        retries: 3,
+        waiting_room: true,
+        queue_patience: Duration::from_secs(60),
+        ..flashsale_loadgen::Scenario::default()
+    };
+    let report = mesh.drive(&sale, &scenario).await;
+
+    let units: u32 = report.accepted.iter().map(|a| a.quantity).sum();
+    assert_eq!(units, 80, "exactly the stock: {:?}", report.rejected);
+    assert_eq!(
+        distinct_buyers(&report),
+        80,
+        "one purchase per admission, so one unit per buyer"
+    );
+    // A buyer's second purchase with a new key is a second use of their token.
+    assert!(
+        report.rejected.contains_key("PURCHASE_TOKEN_USED"),
+        "{:?}",
+        report.rejected
+    );
+    assert!(
+        report.rejected.contains_key("SOLD_OUT"),
+        "{:?}",
+        report.rejected
+    );
+    let other: Vec<_> = report
+        .rejected
+        .keys()
+        .filter(|r| !matches!(r.as_str(), "PURCHASE_TOKEN_USED" | "SOLD_OUT"))
+        .collect();
+    assert!(other.is_empty(), "no other refusal: {:?}", report.rejected);
+
+    // Everyone who attempted came to the room; those who came before the sell-out got the
+    // next arrival number, those after it heard SOLD_OUT at the door.
+    let visits = &report.queue;
+    let attempted: std::collections::HashSet<&str> =
+        report.outcomes.iter().map(|o| o.user_id.as_str()).collect();
+    assert_eq!(visits.len(), attempted.len());
+    let mut numbers: Vec<u64> = visits.iter().map(|v| v.number).filter(|&n| n > 0).collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "one arrival number per buyer, none skipped"
+    );
+    assert!(numbers.len() > 80, "more joined than the stock");
+    for late in visits.iter().filter(|v| v.number == 0) {
+        assert!(late.admitted.is_none() && late.last_told_to_wait.is_none());
+    }
+    assert!(
+        visits.iter().any(|v| v.last_told_to_wait.is_some()),
+        "some waited"
+    );
+    assert!(
+        visits.iter().any(|v| v.sold_out_in_line),
+        "some heard sold out in line"
+    );
+    for buyer in &report.accepted {
+        let visit = visits.iter().find(|v| v.user_id == buyer.user_id).unwrap();
+        assert!(
+            visit.admitted.is_some(),
+            "{} bought without admission",
+            buyer.user_id
+        );
+    }
+
+    let sources = flashsale_loadgen::Sources {
+        store: mesh.store().await,
+        inventory: mesh.channel(mesh.ports.inventory).await,
+    };
+    let audit = flashsale_loadgen::audit(&sources, &sale, &report, Duration::from_secs(30)).await;
+    assert!(audit.passed(), "{:#?}", audit.lines());
+    let fair = audit
+        .checks
+        .iter()
+        .find(|c| c.name == "fair admission")
+        .expect("the audit checks the room");
+    assert!(
+        fair.detail.contains("0 told to wait after a later arrival"),
+        "{}",
+        fair.detail
+    );
+}
+
+/// `flashsale sale create --waiting-room` puts a sale behind a room; the room's options need it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_a_sale_behind_a_waiting_room() {
+    let mesh = Mesh::start("waiting room from the CLI").await;
+    let admin = mesh
+        .signer()
+        .token("operator", true, Duration::from_secs(600));
+    let gateway = format!("http://127.0.0.1:{}", mesh.ports.gateway);
+    let create = |extra: &[&str]| {
+        crate::flashsale()
+            .args(["sale", "create", "--gateway", &gateway, "--token", &admin])
+            .args(["--name", "queued drop", "--stock", "10"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+
+    let refused = create(&["--active-cap", "5"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--waiting-room"), "{stderr}");
+
+    let created = create(&[
+        "--waiting-room",
+        "50",
+        "--active-cap",
+        "5",
+        "--admission-window",
+        "45s",
+    ]);
+    let stdout = String::from_utf8_lossy(&created.stdout);
+    assert!(
+        created.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(stdout.contains("waiting room 50/s, 5 active"), "{stdout}");
+    let sale_id = stdout.split_whitespace().next().unwrap().to_owned();
+
+    let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.gateway).await);
+    let buyer = mesh
+        .signer()
+        .token("cli-buyer", false, Duration::from_secs(600));
+    let view = client
+        .get_sale(authorized(
+            pb::GetSaleRequest {
+                sale_id: sale_id.clone(),
+            },
+            &buyer,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        view.sale.unwrap().waiting_room,
+        Some(pb::WaitingRoom {
+            admissions_per_second: 50.0,
+            active_cap: 5,
+            admission_window: Some(duration(45_000)),
+        })
+    );
+    // The room is open: the first buyer to join gets number 1.
+    let joined = client
+        .join_queue(authorized(pb::JoinQueueRequest { sale_id }, &buyer))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.number, 1);
 }
