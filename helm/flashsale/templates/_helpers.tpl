@@ -72,6 +72,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The Secret key holding the waiting rooms' signing key; empty: they use the HS256 secret. */}}
+{{- define "flashsale.roomSecretKey" -}}
+{{- if .Values.secrets.existingSecret }}
+{{- .Values.secrets.keys.waitingRoomSecret }}
+{{- else if .Values.auth.waitingRoomSecret }}
+{{- .Values.secrets.keys.waitingRoomSecret | default "waiting-room-secret" }}
+{{- end }}
+{{- end }}
+
 {{- define "flashsale.usesPublicKey" -}}
 {{- if ne .Values.auth.algorithm "HS256" }}true{{ end }}
 {{- end }}
@@ -227,6 +236,10 @@ The secrets one container reads, each mounted as a file named by the key it sets
       {{- if and (has "jwt" .need) (not (include "flashsale.usesPublicKey" $root)) }}
       - key: {{ $keys.jwtSecret }}
         path: gateway.auth.secret
+      {{- end }}
+      {{- if and (has "jwt" .need) (include "flashsale.roomSecretKey" $root) }}
+      - key: {{ include "flashsale.roomSecretKey" $root }}
+        path: gateway.waiting_room_secret
       {{- end }}
 {{- end }}
 

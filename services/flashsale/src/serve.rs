@@ -192,20 +192,15 @@ async fn gateway(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer>
             }
         }
     });
-    // Waiting rooms sign tickets with the gateway's HS256 key (the signing input is
-    // domain-separated from JWTs); a gateway verifying RS256 tokens has none.
-    let auth = &config.gateway.auth;
-    let room = if auth.algorithm == "HS256" {
-        Some(
-            flashsale_limiter::waiting_room::WaitingRoom::connect(
-                &config.redis,
-                auth.secret.clone(),
-            )
-            .await
-            .context("waiting rooms")?,
-        )
-    } else {
-        None
+    // Waiting rooms sign tickets with `gateway.waiting_room_secret`, else the HS256 key (the
+    // signing input is domain-separated from JWTs).
+    let room = match config.gateway.room_secret() {
+        Some(secret) => Some(
+            flashsale_limiter::waiting_room::WaitingRoom::connect(&config.redis, secret)
+                .await
+                .context("waiting rooms")?,
+        ),
+        None => None,
     };
     let gateway = Gateway::new(
         config.gateway.clone(),

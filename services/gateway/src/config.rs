@@ -33,6 +33,11 @@ pub struct Config {
     /// How long WatchOrder waits for a just-accepted order to be persisted.
     #[serde(with = "humantime_serde")]
     pub watch_wait: Duration,
+    /// The key waiting-room tickets and purchase tokens are signed with (HMAC-SHA256, at least
+    /// 16 bytes, the same on every gateway replica). Empty: the HS256 `auth.secret`, so a
+    /// gateway verifying RS256/ES256 tokens hosts no waiting rooms unless this is set.
+    #[serde(serialize_with = "flashsale_runtime::config::serialize_redacted")]
+    pub waiting_room_secret: SecretString,
 }
 
 /// Token verification.
@@ -56,6 +61,18 @@ pub struct AuthConfig {
 }
 
 impl Config {
+    /// The key waiting rooms sign with: `waiting_room_secret`, else the HS256 secret; none for
+    /// a gateway verifying RS256/ES256 tokens without a `waiting_room_secret`.
+    pub fn room_secret(&self) -> Option<SecretString> {
+        if !self.waiting_room_secret.expose_secret().is_empty() {
+            Some(self.waiting_room_secret.clone())
+        } else if self.auth.algorithm == "HS256" {
+            Some(self.auth.secret.clone())
+        } else {
+            None
+        }
+    }
+
     /// Checked before a gateway binds `listen`: the development secret the defaults carry
     /// verifies tokens anyone can mint, so it may only serve on loopback. (Other components
     /// read the same document without serving buyers, so this is not part of `validate`.)
@@ -85,6 +102,7 @@ impl Default for Config {
             sold_out_ttl: Duration::from_millis(500),
             signal_prefix: flashsale_inventory::signal::DEFAULT_PREFIX.into(),
             watch_wait: Duration::from_secs(10),
+            waiting_room_secret: SecretString::from(""),
         }
     }
 }
@@ -117,6 +135,16 @@ impl Validate for Config {
             }
         }
         self.auth.validate().map_err(|e| e.within("auth"))?;
+        let room_secret = self.waiting_room_secret.expose_secret().len();
+        if room_secret > 0 && room_secret < flashsale_limiter::waiting_room::MIN_SECRET_BYTES {
+            return Err(Invalid::new(
+                "waiting_room_secret",
+                format!(
+                    "must be empty or at least {} bytes",
+                    flashsale_limiter::waiting_room::MIN_SECRET_BYTES
+                ),
+            ));
+        }
         if !(1..=1_000_000).contains(&self.max_in_flight_per_sale) {
             return Err(Invalid::new(
                 "max_in_flight_per_sale",
@@ -198,5 +226,24 @@ mod tests {
         let mut config = Config::default();
         config.auth.secret = SecretString::from("a-real-secret-0123456789");
         assert!(config.check_listen(open).is_ok());
+    }
+
+    #[test]
+    fn waiting_rooms_sign_with_their_own_key_or_the_hs256_secret() {
+        let secret = |c: &Config| c.room_secret().map(|s| s.expose_secret().to_owned());
+        let mut config = Config::default();
+        assert_eq!(secret(&config).as_deref(), Some(DEV_SECRET));
+
+        config.auth.algorithm = "ES256".into();
+        config.auth.public_key_file = Some("issuer.pem".into());
+        assert!(config.validate().is_ok());
+        assert_eq!(secret(&config), None, "no key: no rooms");
+
+        config.waiting_room_secret = SecretString::from("room-key-0123456789");
+        assert!(config.validate().is_ok());
+        assert_eq!(secret(&config).as_deref(), Some("room-key-0123456789"));
+
+        config.waiting_room_secret = SecretString::from("short");
+        assert_eq!(config.validate().unwrap_err().key, "waiting_room_secret");
     }
 }

@@ -73,7 +73,8 @@ pub enum Error {
     /// Postgres failed.
     #[error("postgres: {0}")]
     Database(String),
-    /// The sale has no waiting room (or this gateway cannot sign for one).
+    /// The sale has no waiting room (or this gateway has no key to sign for one: it verifies
+    /// RS256/ES256 tokens and `waiting_room_secret` is empty).
     #[error("sale {0} has no waiting room")]
     NoWaitingRoom(String),
     /// The sale has a waiting room and the purchase came without a purchase token.

@@ -16,6 +16,7 @@ fn sample_secret(key: &str) -> &'static str {
         "nats.auth" => "nats-token",
         "postgres.url" => "postgres://flashsale:s3cret@postgres.platform.svc:5432/flashsale",
         "gateway.auth.secret" => "a-production-token-secret-0123456789abcdef",
+        "gateway.waiting_room_secret" => "a-production-waiting-room-key-0123456789",
         "public.pem" => "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n",
         other => panic!("no sample for secret file {other}"),
     }

@@ -447,3 +447,150 @@ async fn the_cli_creates_a_sale_behind_a_waiting_room() {
         .into_inner();
     assert_eq!(joined.number, 1);
 }
+
+/// A gateway verifying ES256 tokens (it holds only the issuer's public key) hosts waiting rooms
+/// with its own `gateway.waiting_room_secret`: buyers with ES256 tokens join, are admitted and
+/// buy with the purchase token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_verifying_es256_tokens_hosts_rooms_with_its_own_key() {
+    use flashsale_gateway::auth::Claims;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_key = rcgen::KeyPair::generate().unwrap();
+    let public_key = dir.path().join("issuer.pub.pem");
+    std::fs::write(&public_key, issuer_key.public_key_pem()).unwrap();
+    let signing = EncodingKey::from_ec_pem(issuer_key.serialize_pem().as_bytes()).unwrap();
+    let es256 = |user: &str, admin: bool| {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: user.into(),
+            exp: now + 600,
+            nbf: None,
+            aud: "flashsale".into(),
+            iss: String::new(),
+            admin,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &signing).unwrap()
+    };
+    let env = |key: &str, value: &str| (key.to_owned(), value.to_owned());
+    let mesh = Mesh::start_with(
+        "waiting room, ES256 tokens",
+        crate::mesh::Extra {
+            env: vec![
+                env("FLASHSALE_GATEWAY__AUTH__ALGORITHM", "ES256"),
+                env(
+                    "FLASHSALE_GATEWAY__AUTH__PUBLIC_KEY_FILE",
+                    public_key.to_str().unwrap(),
+                ),
+                env(
+                    "FLASHSALE_GATEWAY__WAITING_ROOM_SECRET",
+                    "a-room-key-of-its-own-0123456789",
+                ),
+            ],
+            ..crate::mesh::Extra::default()
+        },
+    )
+    .await;
+    let channel = mesh.channel(mesh.ports.gateway).await;
+
+    // The HS256 tokens of the other tests are refused here: this gateway verifies ES256.
+    let hs256 = mesh
+        .signer()
+        .token("operator", true, Duration::from_secs(600));
+    let mut admin = pb::sale_admin_client::SaleAdminClient::new(channel.clone());
+    let now = flashsale_proto::time::now_ms();
+    let sale = pb::Sale {
+        name: "ES256 room".into(),
+        stock: 3,
+        per_user_limit: 1,
+        unit_price_minor: 500,
+        currency: "CNY".into(),
+        starts_at: Some(flashsale_proto::time::timestamp(now - 1_000)),
+        ends_at: Some(flashsale_proto::time::timestamp(now + 3_600_000)),
+        waiting_room: Some(pb::WaitingRoom {
+            admissions_per_second: 1_000.0,
+            active_cap: 10,
+            admission_window: Some(duration(30_000)),
+        }),
+        ..pb::Sale::default()
+    };
+    let refused = admin
+        .create_sale(authorized(
+            pb::CreateSaleRequest {
+                sale: Some(sale.clone()),
+            },
+            &hs256,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let sale = admin
+        .create_sale(authorized(
+            pb::CreateSaleRequest { sale: Some(sale) },
+            &es256("operator", true),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut client = FlashSaleClient::new(channel);
+    let buyer = es256("es-buyer", false);
+    let joined = client
+        .join_queue(authorized(
+            pb::JoinQueueRequest {
+                sale_id: sale.sale_id.clone(),
+            },
+            &buyer,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.number, 1);
+    let mut standing = joined.clone();
+    for _ in 0..100 {
+        if standing.state == pb::QueueState::Admitted as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        standing = client
+            .queue_status(authorized(
+                pb::QueueStatusRequest {
+                    sale_id: sale.sale_id.clone(),
+                    ticket: joined.ticket.clone(),
+                },
+                &buyer,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+    }
+    assert_eq!(standing.state, pb::QueueState::Admitted as i32);
+    let bought = client
+        .purchase(authorized(
+            pb::PurchaseRequest {
+                sale_id: sale.sale_id.clone(),
+                quantity: 1,
+                idempotency_key: "es-1".into(),
+                purchase_token: standing.purchase_token.clone(),
+            },
+            &buyer,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(bought.quantity, 1);
+    let again = client
+        .purchase(authorized(
+            pb::PurchaseRequest {
+                sale_id: sale.sale_id.clone(),
+                quantity: 1,
+                idempotency_key: "es-2".into(),
+                purchase_token: standing.purchase_token,
+            },
+            &buyer,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&again).as_deref(), Some("PURCHASE_TOKEN_USED"));
+}
