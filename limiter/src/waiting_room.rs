@@ -89,6 +89,30 @@ pub enum Standing {
     SoldOut,
 }
 
+/// A room as a whole, as [`WaitingRoom::tick`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoomView {
+    /// Arrival numbers up to this one are admitted.
+    pub admitted: u64,
+    /// Admissions per second.
+    pub rate: f64,
+    /// The sale sold out.
+    pub sold_out: bool,
+}
+
+impl RoomView {
+    /// Where arrival number `number` stands, if still waiting: (position, estimated wait).
+    pub fn waiting(&self, number: u64) -> Option<(u64, Duration)> {
+        (number > self.admitted && !self.sold_out).then(|| {
+            let position = number - self.admitted;
+            (
+                position,
+                Duration::from_secs_f64(position as f64 / self.rate.max(1e-9)),
+            )
+        })
+    }
+}
+
 /// A ticket handed out on joining.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ticket {
@@ -340,11 +364,13 @@ impl WaitingRoom {
                 expires_at_ms,
             };
         }
-        let position = number - admitted;
-        Standing::Waiting {
-            position,
-            eta: Duration::from_secs_f64(position as f64 / rate.max(1e-9)),
-        }
+        let view = RoomView {
+            admitted,
+            rate,
+            sold_out: false,
+        };
+        let (position, eta) = view.waiting(number).unwrap_or_default();
+        Standing::Waiting { position, eta }
     }
 
     /// Spends a purchase token: `user`'s, for `sale_id`, unexpired, signed by this room, and
@@ -383,6 +409,32 @@ impl WaitingRoom {
                 reason: "it is not this buyer's place in the queue",
             }),
         }
+    }
+
+    /// Runs admission and reads the room as a whole: how far it has admitted, at what rate, and
+    /// whether it sold out. What a gateway asks once per tick for every buyer watching.
+    pub async fn tick(&self, sale_id: &str, now_ms: i64) -> Result<RoomView, RoomError> {
+        let (status, _, admitted, rate) = self
+            .call(sale_id, vec!["TICK".into(), now_ms.into()])
+            .await?;
+        Ok(RoomView {
+            admitted,
+            rate,
+            sold_out: status == "SOLD_OUT",
+        })
+    }
+
+    /// The arrival number a ticket holds, once it is checked to be `user`'s for `sale_id`,
+    /// signed by this room and unexpired (no Redis call).
+    pub fn ticket_number(
+        &self,
+        sale_id: &str,
+        user: &str,
+        ticket: &str,
+        now_ms: i64,
+    ) -> Result<u64, RoomError> {
+        self.verify("t", "ticket", ticket, sale_id, user, now_ms)
+            .map(|claims| claims.n)
     }
 
     /// The sale sold out: every queued buyer hears it from now on, and nobody more is admitted.

@@ -39,6 +39,8 @@ enum Step {
     Poll(usize),
     Buy(usize),
     Wait(u64),
+    /// A gateway reading the room for its watchers.
+    Tick,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -47,6 +49,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0..40usize).prop_map(Step::Poll),
         2 => (0..40usize).prop_map(Step::Buy),
         2 => (1..3_000u64).prop_map(Step::Wait),
+        1 => Just(Step::Tick),
     ]
 }
 
@@ -155,6 +158,26 @@ async fn check_schedule(
                     Err(RoomError::Used) => assert!(number <= highest_admitted),
                     Err(e) => panic!("poll: {e}"),
                 }
+            }
+            Step::Tick => {
+                let view = room.tick(sale, now).await.unwrap();
+                assert!(
+                    view.admitted >= highest_admitted,
+                    "the watermark {} fell below #{highest_admitted}",
+                    view.admitted
+                );
+                assert!(!view.sold_out);
+                for (user, ticket) in tickets.iter().enumerate() {
+                    if let Some((_, number)) = ticket {
+                        assert_eq!(
+                            view.waiting(*number).is_some(),
+                            *number > view.admitted,
+                            "user {user} (#{number}) against the watermark {}",
+                            view.admitted
+                        );
+                    }
+                }
+                highest_admitted = view.admitted;
             }
             Step::Buy(user) => {
                 let Some(token) = tokens[user].take() else {

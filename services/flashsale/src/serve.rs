@@ -209,6 +209,7 @@ async fn gateway(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer>
             store,
             stream: config.orders.stream.clone(),
             room,
+            shutdown: shutdown.child(),
         },
         config.server.request_timeout,
         mesh_tls(config)?.as_ref(),

@@ -33,6 +33,14 @@ pub struct Config {
     /// How long WatchOrder waits for a just-accepted order to be persisted.
     #[serde(with = "humantime_serde")]
     pub watch_wait: Duration,
+    /// How often a gateway reads a waiting room for the buyers watching it (WatchQueue): one
+    /// Redis call per sale per tick, however many watch.
+    #[serde(with = "humantime_serde")]
+    pub queue_watch_interval: Duration,
+    /// Longest a WatchQueue stream lasts before it ends (the buyer watches again), so streams
+    /// spread over new gateway replicas.
+    #[serde(with = "humantime_serde")]
+    pub queue_watch_max: Duration,
     /// The key waiting-room tickets and purchase tokens are signed with (HMAC-SHA256, at least
     /// 16 bytes, the same on every gateway replica). Empty: the HS256 `auth.secret`, so a
     /// gateway verifying RS256/ES256 tokens hosts no waiting rooms unless this is set.
@@ -102,6 +110,8 @@ impl Default for Config {
             sold_out_ttl: Duration::from_millis(500),
             signal_prefix: flashsale_inventory::signal::DEFAULT_PREFIX.into(),
             watch_wait: Duration::from_secs(10),
+            queue_watch_interval: Duration::from_millis(200),
+            queue_watch_max: Duration::from_secs(60),
             waiting_room_secret: SecretString::from(""),
         }
     }
@@ -162,6 +172,18 @@ impl Validate for Config {
             self.sold_out_ttl,
             Duration::from_millis(10),
             Duration::from_secs(600),
+        )?;
+        check_range(
+            "queue_watch_interval",
+            self.queue_watch_interval,
+            Duration::from_millis(10),
+            Duration::from_secs(10),
+        )?;
+        check_range(
+            "queue_watch_max",
+            self.queue_watch_max,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
         )?;
         check_range(
             "watch_wait",

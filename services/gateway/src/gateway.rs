@@ -67,6 +67,14 @@ pub(crate) struct Inner {
     pub(crate) stream: StreamConfig,
     pub(crate) store: OrderStore,
     pub(crate) room: Option<flashsale_limiter::waiting_room::WaitingRoom>,
+    /// Per sale with buyers watching its waiting room: the latest reading, shared by them.
+    pub(crate) room_views: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            tokio::sync::watch::Sender<Option<flashsale_limiter::waiting_room::RoomView>>,
+        >,
+    >,
+    pub(crate) shutdown: flashsale_runtime::Shutdown,
     sold_out: SoldOutFlags,
     sold_out_seen: DashMap<String, Instant>,
     sales: DashMap<String, SaleInfo>,
@@ -99,6 +107,8 @@ pub struct Backends {
     pub stream: StreamConfig,
     /// Waiting rooms (Redis), when this gateway has a key to sign tickets with.
     pub room: Option<flashsale_limiter::waiting_room::WaitingRoom>,
+    /// Ends the gateway's long-lived streams (WatchQueue) when it shuts down.
+    pub shutdown: flashsale_runtime::Shutdown,
 }
 
 fn channel(url: &str, timeout: Duration, tls: Option<&MeshTls>) -> Result<TracedChannel, Error> {
@@ -135,6 +145,8 @@ impl Gateway {
                 stream: backends.stream,
                 store: backends.store,
                 room: backends.room,
+                room_views: std::sync::Mutex::new(std::collections::HashMap::new()),
+                shutdown: backends.shutdown,
                 request_timeout,
                 sold_out,
                 sold_out_seen: DashMap::new(),

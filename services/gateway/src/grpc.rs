@@ -48,6 +48,9 @@ pub fn server(gateway: Gateway, verifier: Verifier, server: &ServerConfig) -> Gr
 /// The stream type of WatchOrder.
 pub type OrderStream = Pin<Box<dyn Stream<Item = Result<pb::Order, Status>> + Send>>;
 
+/// The stream type of WatchQueue.
+pub type QueueStream = Pin<Box<dyn Stream<Item = Result<pb::QueueStanding, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl FlashSale for GatewayApi {
     async fn purchase(
@@ -81,6 +84,23 @@ impl FlashSale for GatewayApi {
             .queue_status(&caller, request.into_inner())
             .await?;
         Ok(Response::new(standing))
+    }
+
+    type WatchQueueStream = QueueStream;
+
+    async fn watch_queue(
+        &self,
+        request: Request<pb::QueueStatusRequest>,
+    ) -> Result<Response<Self::WatchQueueStream>, Status> {
+        let caller = self.verifier.caller(request.metadata())?;
+        let standings = self
+            .gateway
+            .watch_queue(&caller, request.into_inner())
+            .await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(standings)
+                .map(|item| item.map_err(Status::from)),
+        )))
     }
 
     async fn get_order(

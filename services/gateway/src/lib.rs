@@ -6,9 +6,10 @@
 //! buyer views of sales and orders, and sale administration ([`admin`]: create, end, figures,
 //! and reconciliation of Redis with Postgres and the stream).
 //!
-//! A sale may have a fair waiting room in front of it (`queue`): JoinQueue and QueueStatus
-//! over [`flashsale_limiter::waiting_room`], and Purchase then needs the single-use purchase
-//! token admission gives.
+//! A sale may have a fair waiting room in front of it (`queue`): JoinQueue, QueueStatus and
+//! WatchQueue over [`flashsale_limiter::waiting_room`] (watchers of a sale share one reading
+//! of the room per tick), and Purchase then needs the single-use purchase token admission
+//! gives.
 //!
 //! - [`config`]: the `[gateway]` section.
 //! - [`sales`]: sale validation and conversions.

@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use flashsale_limiter::waiting_room::{Standing, WaitingRoom};
+use flashsale_limiter::waiting_room::{RoomView, Standing, WaitingRoom};
 use flashsale_orders::entity::sales;
 use flashsale_proto::{
     rules,
     time::{duration, timestamp},
     v1 as pb,
 };
+use tokio::sync::{mpsc, watch};
 
 use crate::{Error, Gateway, auth::Caller, sales::room_settings};
 
@@ -139,6 +140,141 @@ impl Gateway {
             return Ok(sold_out(0, String::new()));
         }
         Ok(standing_pb(0, String::new(), standing))
+    }
+}
+
+/// What a WatchQueue stream carries.
+pub(crate) type Standings = mpsc::Receiver<Result<pb::QueueStanding, Error>>;
+
+impl Gateway {
+    /// WatchQueue: the standing now (from Redis, refusing what QueueStatus refuses), then a
+    /// new one whenever the position moves, read from the room once per tick for every
+    /// watcher of the sale; ends once admitted (the purchase token comes from Redis) or sold
+    /// out, after `queue_watch_max`, or when the gateway shuts down.
+    pub async fn watch_queue(
+        &self,
+        caller: &Caller,
+        request: pb::QueueStatusRequest,
+    ) -> Result<Standings, Error> {
+        let first = self.queue_status(caller, request.clone()).await?;
+        let number = self.room(&request.sale_id)?.ticket_number(
+            &request.sale_id,
+            &caller.user_id,
+            &request.ticket,
+            flashsale_proto::time::now_ms(),
+        )?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(
+            self.clone()
+                .follow(caller.clone(), request, number, first, tx),
+        );
+        Ok(rx)
+    }
+
+    async fn follow(
+        self,
+        caller: Caller,
+        request: pb::QueueStatusRequest,
+        number: u64,
+        first: pb::QueueStanding,
+        tx: mpsc::Sender<Result<pb::QueueStanding, Error>>,
+    ) {
+        let waiting = first.state == pb::QueueState::Waiting as i32;
+        let mut last_position = first.position;
+        if tx.send(Ok(first)).await.is_err() || !waiting {
+            return;
+        }
+        let mut views = self.room_view(&request.sale_id);
+        let deadline = tokio::time::Instant::now() + self.inner.config.queue_watch_max;
+        let shutdown = self.inner.shutdown.wait();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                changed = views.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+                () = &mut shutdown => return,
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+            let Some(view) = *views.borrow_and_update() else {
+                continue;
+            };
+            if view.sold_out || self.sold_out_now(&request.sale_id) {
+                let _ = tx.send(Ok(sold_out(0, String::new()))).await;
+                return;
+            }
+            match view.waiting(number) {
+                // A reading older than the last standing sent (the first one came straight
+                // from Redis) would move the buyer back: positions only count down.
+                Some((position, _)) if position >= last_position => {}
+                Some((position, eta)) => {
+                    last_position = position;
+                    let standing =
+                        standing_pb(0, String::new(), Standing::Waiting { position, eta });
+                    if tx.send(Ok(standing)).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    // Admitted: the purchase token, and a last look at the ticket, from Redis.
+                    let _ = tx.send(self.queue_status(&caller, request).await).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The latest reading of a sale's room, shared by everyone watching it on this gateway;
+    /// the first watcher starts the reading.
+    fn room_view(&self, sale_id: &str) -> watch::Receiver<Option<RoomView>> {
+        let mut views = self
+            .inner
+            .room_views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = views.get(sale_id) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(None);
+        views.insert(sale_id.to_owned(), tx.clone());
+        tokio::spawn(self.clone().read_room(sale_id.to_owned(), tx));
+        rx
+    }
+
+    /// Reads a sale's room once per `queue_watch_interval` while anyone watches it.
+    async fn read_room(self, sale_id: String, tx: watch::Sender<Option<RoomView>>) {
+        let mut every = tokio::time::interval(self.inner.config.queue_watch_interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            every.tick().await;
+            {
+                // Under the lock a new watcher subscribes with, so none is left unserved.
+                let mut views = self
+                    .inner
+                    .room_views
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if tx.receiver_count() == 0 {
+                    views.remove(&sale_id);
+                    return;
+                }
+            }
+            let Some(room) = &self.inner.room else {
+                return;
+            };
+            match room.tick(&sale_id, flashsale_proto::time::now_ms()).await {
+                Ok(view) => {
+                    failing = false;
+                    tx.send_replace(Some(view));
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(%sale_id, error = %e, "reading the waiting room failed; watchers keep the last standing");
+                    }
+                    failing = true;
+                }
+            }
+        }
     }
 }
 

@@ -109,6 +109,13 @@ impl FlashSale for Echo {
     ) -> Result<Response<pb::QueueStanding>, Status> {
         not_here()
     }
+    type WatchQueueStream = flashsale_gateway::grpc::QueueStream;
+    async fn watch_queue(
+        &self,
+        _: Request<pb::QueueStatusRequest>,
+    ) -> Result<Response<Self::WatchQueueStream>, Status> {
+        not_here()
+    }
 }
 
 /// Starts the echo server.
@@ -236,6 +243,13 @@ impl FlashSale for NaivePostgres {
         &self,
         _: Request<pb::QueueStatusRequest>,
     ) -> Result<Response<pb::QueueStanding>, Status> {
+        not_here()
+    }
+    type WatchQueueStream = flashsale_gateway::grpc::QueueStream;
+    async fn watch_queue(
+        &self,
+        _: Request<pb::QueueStatusRequest>,
+    ) -> Result<Response<Self::WatchQueueStream>, Status> {
         not_here()
     }
 }

@@ -433,32 +433,31 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
     );
     let queue_status =
         |sale_id: String, ticket: String| enc(pb::QueueStatusRequest { sale_id, ticket });
-    let mut cases = sale_id_cases(&|sale_id| queue_status(sale_id, "t.t".into()));
-    cases.extend([
-        (
-            "empty ticket",
-            queue_status(sale.sale_id.clone(), String::new()),
-            Code::InvalidArgument,
-        ),
-        (
-            "1 MiB ticket",
-            queue_status(sale.sale_id.clone(), big.clone()),
-            Code::InvalidArgument,
-        ),
-        (
-            "ticket for a sale without a waiting room",
-            queue_status(sale.sale_id.clone(), "a.b".into()),
-            Code::FailedPrecondition,
-        ),
-        ("invalid UTF-8", bad_utf8(), Code::Internal),
-    ]);
-    rpc(
-        "/flashsale.v1.FlashSale/QueueStatus",
-        p.gateway,
-        Caller::Buyer,
-        false,
-        cases,
-    );
+    for (path, streaming) in [
+        ("/flashsale.v1.FlashSale/QueueStatus", false),
+        ("/flashsale.v1.FlashSale/WatchQueue", true),
+    ] {
+        let mut cases = sale_id_cases(&|sale_id| queue_status(sale_id, "t.t".into()));
+        cases.extend([
+            (
+                "empty ticket",
+                queue_status(sale.sale_id.clone(), String::new()),
+                Code::InvalidArgument,
+            ),
+            (
+                "1 MiB ticket",
+                queue_status(sale.sale_id.clone(), big.clone()),
+                Code::InvalidArgument,
+            ),
+            (
+                "ticket for a sale without a waiting room",
+                queue_status(sale.sale_id.clone(), "a.b".into()),
+                Code::FailedPrecondition,
+            ),
+            ("invalid UTF-8", bad_utf8(), Code::Internal),
+        ]);
+        rpc(path, p.gateway, Caller::Buyer, streaming, cases);
+    }
     let list_sales = |state, page_size, page_token: &str| {
         enc(pb::ListSalesRequest {
             state,
@@ -1091,7 +1090,7 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
     let paths: std::collections::HashSet<&str> = rpcs.iter().map(|r| r.path).collect();
     assert_eq!(
         paths.len(),
-        27,
+        28,
         "every RPC of every service is in the table"
     );
     assert!(

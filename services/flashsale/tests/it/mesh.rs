@@ -301,6 +301,23 @@ upstream = "http://127.0.0.1:{gw}"
         }
     }
 
+    /// SIGTERMs one component and waits (up to `limit`) for it to drain and exit.
+    pub(crate) async fn terminate(
+        &mut self,
+        component: &'static str,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let i = self
+            .processes
+            .iter()
+            .position(|(name, _)| *name == component)?;
+        let (_, mut process) = self.processes.remove(i);
+        process.terminate();
+        tokio::task::spawn_blocking(move || process.wait_exit(limit))
+            .await
+            .unwrap()
+    }
+
     /// Restarts a component and waits until it answers health.
     pub(crate) async fn respawn(&mut self, component: &'static str) {
         self.spawn(component);

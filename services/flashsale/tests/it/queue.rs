@@ -27,6 +27,44 @@ async fn create_room_sale(mesh: &Mesh, stock: u64) -> pb::Sale {
     .await
 }
 
+/// JoinQueue for the holder of `token`.
+async fn join(
+    client: &mut FlashSaleClient<Channel>,
+    sale_id: &str,
+    token: &str,
+) -> pb::QueueStanding {
+    client
+        .join_queue(authorized(
+            pb::JoinQueueRequest {
+                sale_id: sale_id.into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// WatchQueue for the holder of `token` and `ticket`.
+async fn watch(
+    client: &mut FlashSaleClient<Channel>,
+    sale_id: &str,
+    ticket: &str,
+    token: &str,
+) -> tonic::Streaming<pb::QueueStanding> {
+    client
+        .watch_queue(authorized(
+            pb::QueueStatusRequest {
+                sale_id: sale_id.into(),
+                ticket: ticket.into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 struct Buyer {
     user: String,
     token: String,
@@ -69,27 +107,9 @@ async fn a_waiting_room_admits_in_arrival_order_and_tokens_buy_once() {
     for i in 0..30 {
         let user = format!("queued-{i}");
         let token = signer.token(&user, false, Duration::from_secs(600));
-        let joined = client
-            .join_queue(authorized(
-                pb::JoinQueueRequest {
-                    sale_id: sale_id.clone(),
-                },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let joined = join(&mut client, &sale_id, &token).await;
         assert_eq!(joined.number, i + 1);
-        let again = client
-            .join_queue(authorized(
-                pb::JoinQueueRequest {
-                    sale_id: sale_id.clone(),
-                },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let again = join(&mut client, &sale_id, &token).await;
         assert_eq!(again.number, i + 1, "joining again keeps the place");
         buyers.push(Buyer {
             user,
@@ -536,16 +556,7 @@ async fn a_gateway_verifying_es256_tokens_hosts_rooms_with_its_own_key() {
 
     let mut client = FlashSaleClient::new(channel);
     let buyer = es256("es-buyer", false);
-    let joined = client
-        .join_queue(authorized(
-            pb::JoinQueueRequest {
-                sale_id: sale.sale_id.clone(),
-            },
-            &buyer,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let joined = join(&mut client, &sale.sale_id, &buyer).await;
     assert_eq!(joined.number, 1);
     let mut standing = joined.clone();
     for _ in 0..100 {
@@ -593,4 +604,190 @@ async fn a_gateway_verifying_es256_tokens_hosts_rooms_with_its_own_key() {
         .await
         .unwrap_err();
     assert_eq!(reason_of(&again).as_deref(), Some("PURCHASE_TOKEN_USED"));
+}
+
+/// Script calls Redis has answered so far (EVALSHA and EVAL).
+fn script_calls(mesh: &Mesh) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &mesh.redis.port().to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split_once("calls=")
+                .and_then(|(_, rest)| rest.split(',').next())
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Buyers watch their place with WatchQueue instead of asking: each stream counts down, ends
+/// admitted (in arrival order) or sold out, and the gateway reads the room once per tick for
+/// all of them rather than once per buyer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_follow_the_line_with_one_room_read_per_tick() {
+    const BUYERS: u64 = 60;
+    let mesh = Mesh::start_with(
+        "waiting room watched",
+        crate::mesh::Extra {
+            env: vec![
+                (
+                    "FLASHSALE_GATEWAY__QUEUE_WATCH_INTERVAL".into(),
+                    "50ms".into(),
+                ),
+                // Streams end after a second: buyers still waiting watch again.
+                ("FLASHSALE_GATEWAY__QUEUE_WATCH_MAX".into(), "1s".into()),
+            ],
+            ..crate::mesh::Extra::default()
+        },
+    )
+    .await;
+    let sale = create_sale_with(&mesh, 10, 1, 600_000, |sale| {
+        sale.waiting_room = Some(pb::WaitingRoom {
+            admissions_per_second: 2.0,
+            active_cap: 3,
+            admission_window: Some(duration(30_000)),
+        });
+    })
+    .await;
+    let channel = mesh.channel(mesh.ports.gateway).await;
+    let signer = mesh.signer();
+
+    // Everyone joins first, in order; then everyone watches at once and buys when admitted.
+    let mut joined = Vec::new();
+    for i in 0..BUYERS {
+        let token = signer.token(&format!("watcher-{i}"), false, Duration::from_secs(600));
+        let standing = join(
+            &mut FlashSaleClient::new(channel.clone()),
+            &sale.sale_id,
+            &token,
+        )
+        .await;
+        assert_eq!(standing.number, i + 1);
+        joined.push((token, standing));
+    }
+    let calls_before = script_calls(&mesh);
+    let started = std::time::Instant::now();
+    let watchers = joined.into_iter().map(|(token, standing)| {
+        let (mut client, sale_id) = (FlashSaleClient::new(channel.clone()), sale.sale_id.clone());
+        async move {
+            let (mut seen, mut streams) = (Vec::new(), 0);
+            loop {
+                let mut stream = watch(&mut client, &sale_id, &standing.ticket, &token).await;
+                streams += 1;
+                while let Some(next) = stream.message().await.unwrap() {
+                    seen.push(next);
+                }
+                if seen.last().unwrap().state != pb::QueueState::Waiting as i32 {
+                    break;
+                }
+            }
+            let last = seen.last().cloned().expect("a stream says something");
+            let bought = if last.state == pb::QueueState::Admitted as i32 {
+                let purchase = pb::PurchaseRequest {
+                    sale_id,
+                    quantity: 1,
+                    idempotency_key: format!("watch-{}", standing.number),
+                    purchase_token: last.purchase_token.clone(),
+                };
+                client.purchase(authorized(purchase, &token)).await.is_ok()
+            } else {
+                false
+            };
+            (standing.number, seen, bought, streams)
+        }
+    });
+    let results = futures::future::join_all(watchers).await;
+    let elapsed = started.elapsed();
+    let calls = script_calls(&mesh) - calls_before;
+
+    let mut admitted = Vec::new();
+    let (mut bought, mut streams) = (0, 0);
+    for (number, seen, got, watches) in &results {
+        streams += watches;
+        let waiting: Vec<u64> = seen
+            .iter()
+            .filter(|s| s.state == pb::QueueState::Waiting as i32)
+            .map(|s| s.position)
+            .collect();
+        assert!(
+            waiting.windows(2).all(|w| w[1] <= w[0]),
+            "{number}: a buyer never moves back: {waiting:?}"
+        );
+        let last = seen.last().unwrap();
+        match pb::QueueState::try_from(last.state).unwrap() {
+            pb::QueueState::Admitted => admitted.push(*number),
+            pb::QueueState::SoldOut => {}
+            other => panic!("{number}: the stream ended {other:?} after {elapsed:?}"),
+        }
+        bought += usize::from(*got);
+    }
+    admitted.sort_unstable();
+    assert_eq!(bought, 10, "the stock, bought with the watched tokens");
+    assert_eq!(
+        admitted,
+        (1..=admitted.len() as u64).collect::<Vec<_>>(),
+        "admitted in arrival order"
+    );
+    assert!(admitted.len() < BUYERS as usize, "the rest heard sold out");
+    // Per stream: its first standing; per buyer: the admitted standing and the purchase
+    // (redeem, reservation, commit); per tick: one read of the room. Asking every tick instead
+    // would take BUYERS calls per tick.
+    let ticks = (elapsed.as_millis() / 50) as u64 + 1;
+    let bound = ticks + streams + 4 * BUYERS;
+    eprintln!(
+        "{calls} script calls in {elapsed:?} ({ticks} ticks, {streams} streams) for {BUYERS} watchers"
+    );
+    assert!(
+        calls <= bound,
+        "{calls} script calls in {elapsed:?} ({ticks} ticks, {streams} streams), above {bound}"
+    );
+    assert!(
+        ticks * BUYERS > 3 * bound,
+        "the run is long enough to tell: {ticks} ticks"
+    );
+}
+
+/// A gateway that is told to stop ends its WatchQueue streams cleanly (the buyer watches again
+/// elsewhere) and exits long before its shutdown grace, instead of holding the drain up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_gateway_ends_its_watches() {
+    let mut mesh = Mesh::start("waiting room, gateway drains").await;
+    let sale = create_sale_with(&mesh, 10, 1, 600_000, |sale| {
+        sale.waiting_room = Some(pb::WaitingRoom {
+            admissions_per_second: 0.001,
+            active_cap: 1,
+            admission_window: Some(duration(30_000)),
+        });
+    })
+    .await;
+    let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.gateway).await);
+    let signer = mesh.signer();
+    let mut watches = Vec::new();
+    for i in 0..3 {
+        let token = signer.token(&format!("drained-{i}"), false, Duration::from_secs(600));
+        let joined = join(&mut client, &sale.sale_id, &token).await;
+        let mut stream = watch(&mut client, &sale.sale_id, &joined.ticket, &token).await;
+        let first = stream.message().await.unwrap().unwrap();
+        assert_eq!(first.state, pb::QueueState::Waiting as i32);
+        watches.push(tokio::spawn(async move { stream.message().await }));
+    }
+
+    let started = std::time::Instant::now();
+    let status = mesh
+        .terminate("gateway", Duration::from_secs(15))
+        .await
+        .expect("the gateway exits");
+    assert!(status.success(), "the gateway exited with {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drained in {:?}, the grace is 20 s",
+        started.elapsed()
+    );
+    for watch in watches {
+        let end = watch.await.unwrap();
+        assert!(matches!(end, Ok(None)), "the stream ends cleanly: {end:?}");
+    }
 }
