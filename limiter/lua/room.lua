@@ -8,7 +8,7 @@
 -- KEYS[4] wr:{..}:active   ZSET user -> admission deadline (ms), admitted and not done
 -- KEYS[5] wr:{..}:used     HASH arrival number -> idempotency key of the purchase that spent
 --                          its token
--- ARGV[1] op: OPEN | JOIN | STATUS | REDEEM | SOLDOUT | TICK (admission only);  ARGV[2] now (ms, the caller's clock;
+-- ARGV[1] op: OPEN | JOIN | STATUS | REDEEM | SOLDOUT | RESTOCK | TICK (admission only);  ARGV[2] now (ms, the caller's clock;
 -- admission never runs backwards: it only counts time after the latest `last`).
 -- Admission releases arrival numbers strictly in order: `admitted` is a watermark, raised by
 -- the credit `rate` earns per second (at most `cap` saved up) and by the free active slots.
@@ -60,6 +60,10 @@ redis.call('HSET', ROOM, 'admitted', admitted, 'credit', credit, 'last', last)
 -- Reply: {status, number, admitted, rate (string)}
 if op == 'SOLDOUT' then
   redis.call('HSET', ROOM, 'soldout', 1)
+  return {'OK', 0, admitted, tostring(rate)}
+end
+if op == 'RESTOCK' then
+  redis.call('HSET', ROOM, 'soldout', 0)
   return {'OK', 0, admitted, tostring(rate)}
 end
 if op == 'TICK' then

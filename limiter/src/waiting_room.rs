@@ -411,6 +411,14 @@ impl WaitingRoom {
         }
     }
 
+    /// Units came back after a sell-out (holds that expired, orders not paid): admission
+    /// resumes where it stopped, so buyers still in line are admitted again.
+    pub async fn restock(&self, sale_id: &str, now_ms: i64) -> Result<(), RoomError> {
+        self.call(sale_id, vec!["RESTOCK".into(), now_ms.into()])
+            .await
+            .map(drop)
+    }
+
     /// Runs admission and reads the room as a whole: how far it has admitted, at what rate, and
     /// whether it sold out. What a gateway asks once per tick for every buyer watching.
     pub async fn tick(&self, sale_id: &str, now_ms: i64) -> Result<RoomView, RoomError> {

@@ -167,14 +167,22 @@ async fn check_schedule(
                     view.admitted
                 );
                 assert!(!view.sold_out);
+                // The reading agrees with what each buyer hears at the same moment.
                 for (user, ticket) in tickets.iter().enumerate() {
-                    if let Some((_, number)) = ticket {
-                        assert_eq!(
-                            view.waiting(*number).is_some(),
-                            *number > view.admitted,
-                            "user {user} (#{number}) against the watermark {}",
-                            view.admitted
-                        );
+                    let Some((ticket, number)) = ticket else {
+                        continue;
+                    };
+                    match room
+                        .status(sale, &format!("u{user}"), ticket, window, now)
+                        .await
+                    {
+                        Ok(Standing::Waiting { position, .. }) => {
+                            assert_eq!(view.waiting(*number).map(|w| w.0), Some(position))
+                        }
+                        Ok(Standing::Admitted { .. }) | Err(RoomError::Used) => {
+                            assert!(*number <= view.admitted, "#{number} ahead of the reading")
+                        }
+                        other => panic!("user {user}: {other:?}"),
                     }
                 }
                 highest_admitted = view.admitted;

@@ -82,7 +82,7 @@ impl Gateway {
         })
     }
 
-    async fn stock(&self, sale_id: &str) -> Result<Option<pb::StockLevel>, Error> {
+    pub(crate) async fn stock(&self, sale_id: &str) -> Result<Option<pb::StockLevel>, Error> {
         match self
             .inner
             .inventory

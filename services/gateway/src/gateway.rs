@@ -69,11 +69,10 @@ pub(crate) struct Inner {
     pub(crate) room: Option<flashsale_limiter::waiting_room::WaitingRoom>,
     /// Per sale with buyers watching its waiting room: the latest reading, shared by them.
     pub(crate) room_views: std::sync::Mutex<
-        std::collections::HashMap<
-            String,
-            tokio::sync::watch::Sender<Option<flashsale_limiter::waiting_room::RoomView>>,
-        >,
+        std::collections::HashMap<String, tokio::sync::watch::Sender<crate::queue::Reading>>,
     >,
+    /// When a sold-out room was last checked against the inventory, per sale.
+    pub(crate) room_rechecks: DashMap<String, Instant>,
     pub(crate) shutdown: flashsale_runtime::Shutdown,
     sold_out: SoldOutFlags,
     sold_out_seen: DashMap<String, Instant>,
@@ -146,6 +145,7 @@ impl Gateway {
                 store: backends.store,
                 room: backends.room,
                 room_views: std::sync::Mutex::new(std::collections::HashMap::new()),
+                room_rechecks: DashMap::new(),
                 shutdown: backends.shutdown,
                 request_timeout,
                 sold_out,
@@ -222,7 +222,7 @@ impl Gateway {
                 .is_some_and(|seen| seen.elapsed() < self.inner.config.sold_out_ttl)
     }
 
-    fn observe_stock(&self, sale_id: &str, available: u64) {
+    pub(crate) fn observe_stock(&self, sale_id: &str, available: u64) {
         let sold_out = available == 0;
         self.inner.sold_out.observe(sale_id, sold_out);
         if sold_out {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flashsale_limiter::waiting_room::{RoomView, Standing, WaitingRoom};
+use flashsale_limiter::waiting_room::{RoomError, RoomView, Standing, WaitingRoom};
 use flashsale_orders::entity::sales;
 use flashsale_proto::{
     rules,
@@ -95,6 +95,7 @@ impl Gateway {
         let sale = self.sale(sale_id).await?;
         let settings =
             room_settings(&sale).ok_or_else(|| Error::NoWaitingRoom(sale_id.to_owned()))?;
+        ended(&sale)?;
         if self.sold_out_now(sale_id) {
             return Ok(sold_out(0, String::new()));
         }
@@ -124,22 +125,85 @@ impl Gateway {
         let sale = self.sale(&request.sale_id).await?;
         let settings =
             room_settings(&sale).ok_or_else(|| Error::NoWaitingRoom(request.sale_id.clone()))?;
-        let standing = self
-            .room(&request.sale_id)?
-            .status(
+        ended(&sale)?;
+        let room = self.room(&request.sale_id)?;
+        let status = || {
+            room.status(
                 &request.sale_id,
                 &caller.user_id,
                 &request.ticket,
                 settings.admission_window,
                 flashsale_proto::time::now_ms(),
             )
-            .await?;
+        };
+        let mut standing = status().await?;
+        if standing == Standing::SoldOut && self.reopen_if_restocked(&sale).await {
+            standing = status().await?;
+        }
         // The sold-out signal reaches every gateway at once; queued buyers hear it from it
         // even before the room itself is told.
         if self.sold_out_now(&request.sale_id) {
             return Ok(sold_out(0, String::new()));
         }
         Ok(standing_pb(0, String::new(), standing))
+    }
+}
+
+/// Queue calls for a sale that has ended are refused (SALE_NOT_ACTIVE): nobody will be
+/// admitted any more.
+fn ended(sale: &sales::Model) -> Result<(), Error> {
+    if crate::sales::state(sale, flashsale_proto::time::now_ms()) == pb::SaleState::Ended {
+        return Err(Error::NotActive(sale.sale_id.clone()));
+    }
+    Ok(())
+}
+
+impl Gateway {
+    /// A room closed as sold out, while this gateway's stock signals say units came back
+    /// (holds that expired, orders not paid), asks the inventory: units available reopen the
+    /// room, so queued buyers are admitted again and no returned unit is stranded behind a
+    /// closed room; none confirm the sell-out here too. At most once a second per sale.
+    pub(crate) async fn reopen_if_restocked(&self, sale: &sales::Model) -> bool {
+        if self.sold_out_now(&sale.sale_id) {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        match self.inner.room_rechecks.entry(sale.sale_id.clone()) {
+            dashmap::Entry::Occupied(last)
+                if now.duration_since(*last.get()) < Duration::from_secs(1) =>
+            {
+                return false;
+            }
+            dashmap::Entry::Occupied(mut last) => {
+                last.insert(now);
+            }
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(now);
+            }
+        }
+        let Ok(Some(stock)) = self.stock(&sale.sale_id).await else {
+            return false;
+        };
+        self.observe_stock(&sale.sale_id, stock.available);
+        if stock.available == 0 {
+            return false;
+        }
+        let Some(room) = &self.inner.room else {
+            return false;
+        };
+        match room
+            .restock(&sale.sale_id, flashsale_proto::time::now_ms())
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(sale_id = %sale.sale_id, available = stock.available, "units came back: the waiting room admits again");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(sale_id = %sale.sale_id, error = %e, "waiting room not reopened");
+                false
+            }
+        }
     }
 }
 
@@ -179,44 +243,81 @@ impl Gateway {
         first: pb::QueueStanding,
         tx: mpsc::Sender<Result<pb::QueueStanding, Error>>,
     ) {
-        let waiting = first.state == pb::QueueState::Waiting as i32;
-        let mut last_position = first.position;
-        if tx.send(Ok(first)).await.is_err() || !waiting {
-            return;
-        }
-        let mut views = self.room_view(&request.sale_id);
-        let deadline = tokio::time::Instant::now() + self.inner.config.queue_watch_max;
+        let config = &self.inner.config;
+        let deadline = tokio::time::Instant::now() + config.queue_watch_max;
         let shutdown = self.inner.shutdown.wait();
         tokio::pin!(shutdown);
+        // Every send races the shutdown and the deadline: a client that stops reading must
+        // not hold the drain up.
+        macro_rules! deliver {
+            ($item:expr) => {{
+                let item = $item;
+                tokio::select! {
+                    biased;
+                    sent = tx.send(item) => sent.is_ok(),
+                    () = &mut shutdown => false,
+                    () = tokio::time::sleep_until(deadline) => false,
+                }
+            }};
+        }
+        let waiting = first.state == pb::QueueState::Waiting as i32;
+        let mut last = first.clone();
+        if !deliver!(Ok(first)) || !waiting {
+            return;
+        }
+        let mut last_sent = tokio::time::Instant::now();
+        let mut readings = self.room_view(&request.sale_id);
         loop {
             tokio::select! {
-                changed = views.changed() => if changed.is_err() { return },
+                changed = readings.changed() => if changed.is_err() { return },
                 () = tx.closed() => return,
                 () = &mut shutdown => return,
                 () = tokio::time::sleep_until(deadline) => return,
             }
-            let Some(view) = *views.borrow_and_update() else {
+            let reading = *readings.borrow_and_update();
+            if reading.ended {
+                deliver!(Err(Error::NotActive(request.sale_id.clone())));
+                return;
+            }
+            if let Some(since) = reading.failing_since
+                && since.elapsed() >= ROOM_UNREACHABLE
+            {
+                deliver!(Err(Error::Queue(RoomError::Redis(format!(
+                    "the waiting room has not answered for {:?}",
+                    since.elapsed()
+                )))));
+                return;
+            }
+            let Some(view) = reading.view else {
                 continue;
             };
             if view.sold_out || self.sold_out_now(&request.sale_id) {
-                let _ = tx.send(Ok(sold_out(0, String::new()))).await;
+                deliver!(Ok(sold_out(0, String::new())));
                 return;
             }
             match view.waiting(number) {
                 // A reading older than the last standing sent (the first one came straight
                 // from Redis) would move the buyer back: positions only count down.
-                Some((position, _)) if position >= last_position => {}
+                Some((position, _)) if position >= last.position => {
+                    if last_sent.elapsed() >= KEEPALIVE {
+                        // Nothing moved for a while: say so, so idle proxies keep the stream.
+                        if !deliver!(Ok(last.clone())) {
+                            return;
+                        }
+                        last_sent = tokio::time::Instant::now();
+                    }
+                }
                 Some((position, eta)) => {
-                    last_position = position;
-                    let standing =
-                        standing_pb(0, String::new(), Standing::Waiting { position, eta });
-                    if tx.send(Ok(standing)).await.is_err() {
+                    last = standing_pb(0, String::new(), Standing::Waiting { position, eta });
+                    if !deliver!(Ok(last.clone())) {
                         return;
                     }
+                    last_sent = tokio::time::Instant::now();
                 }
                 None => {
                     // Admitted: the purchase token, and a last look at the ticket, from Redis.
-                    let _ = tx.send(self.queue_status(&caller, request).await).await;
+                    let admitted = self.queue_status(&caller, request).await;
+                    deliver!(admitted);
                     return;
                 }
             }
@@ -225,7 +326,7 @@ impl Gateway {
 
     /// The latest reading of a sale's room, shared by everyone watching it on this gateway;
     /// the first watcher starts the reading.
-    fn room_view(&self, sale_id: &str) -> watch::Receiver<Option<RoomView>> {
+    fn room_view(&self, sale_id: &str) -> watch::Receiver<Reading> {
         let mut views = self
             .inner
             .room_views
@@ -234,17 +335,17 @@ impl Gateway {
         if let Some(tx) = views.get(sale_id) {
             return tx.subscribe();
         }
-        let (tx, rx) = watch::channel(None);
+        let (tx, rx) = watch::channel(Reading::default());
         views.insert(sale_id.to_owned(), tx.clone());
         tokio::spawn(self.clone().read_room(sale_id.to_owned(), tx));
         rx
     }
 
-    /// Reads a sale's room once per `queue_watch_interval` while anyone watches it.
-    async fn read_room(self, sale_id: String, tx: watch::Sender<Option<RoomView>>) {
+    /// Reads a sale's room once per `queue_watch_interval` while anyone watches it, and wakes
+    /// the watchers every tick, answered or not.
+    async fn read_room(self, sale_id: String, tx: watch::Sender<Reading>) {
         let mut every = tokio::time::interval(self.inner.config.queue_watch_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
         loop {
             every.tick().await;
             {
@@ -262,21 +363,50 @@ impl Gateway {
             let Some(room) = &self.inner.room else {
                 return;
             };
+            let mut reading = *tx.borrow();
+            // One look at the sale per tick for all its watchers (from memory, mostly).
+            let sale = self.sale(&sale_id).await.ok();
+            if let Some(sale) = &sale {
+                reading.ended = ended(sale).is_err();
+            }
             match room.tick(&sale_id, flashsale_proto::time::now_ms()).await {
                 Ok(view) => {
-                    failing = false;
-                    tx.send_replace(Some(view));
+                    reading.view = Some(view);
+                    reading.failing_since = None;
+                    if view.sold_out
+                        && let Some(sale) = &sale
+                    {
+                        self.reopen_if_restocked(sale).await;
+                    }
                 }
                 Err(e) => {
-                    if !failing {
+                    if reading.failing_since.is_none() {
                         tracing::warn!(%sale_id, error = %e, "reading the waiting room failed; watchers keep the last standing");
+                        reading.failing_since = Some(std::time::Instant::now());
                     }
-                    failing = true;
                 }
             }
+            tx.send_replace(reading);
         }
     }
 }
+
+/// A room's reading as a gateway's watchers share it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reading {
+    /// The latest answer, once there is one.
+    view: Option<RoomView>,
+    /// Since when Redis has not answered.
+    failing_since: Option<std::time::Instant>,
+    /// The sale has ended: nobody will be admitted any more.
+    ended: bool,
+}
+
+/// A watch whose room has not answered this long ends UNAVAILABLE (the buyer watches again).
+const ROOM_UNREACHABLE: Duration = Duration::from_secs(5);
+
+/// A watch whose position has not moved says so at least this often.
+const KEEPALIVE: Duration = Duration::from_secs(15);
 
 fn sold_out(number: u64, ticket: String) -> pb::QueueStanding {
     standing_pb(number, ticket, Standing::SoldOut)

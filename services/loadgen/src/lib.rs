@@ -277,8 +277,16 @@ impl Outcome {
     pub fn verdict(&self) -> Verdict {
         match &self.answer {
             Ok(_) => Verdict::Accepted,
-            Err(reason) => match reason.as_str() {
-                "SOLD_OUT"
+            Err(reason) if Self::refusal(reason) => Verdict::Refused,
+            Err(_) => Verdict::Unknown,
+        }
+    }
+
+    /// Whether a reason is a refusal made before anything was reserved or published.
+    pub fn refusal(reason: &str) -> bool {
+        matches!(
+            reason,
+            "SOLD_OUT"
                 | "USER_LIMIT"
                 | "RATE_LIMITED"
                 | "OVERLOADED"
@@ -290,10 +298,8 @@ impl Outcome {
                 | "PURCHASE_TOKEN_USED"
                 | "QUEUE_TOKEN_REFUSED"
                 | "NO_WAITING_ROOM"
-                | "QUEUE_TIMEOUT" => Verdict::Refused,
-                _ => Verdict::Unknown,
-            },
-        }
+                | "QUEUE_TIMEOUT"
+        )
     }
 }
 

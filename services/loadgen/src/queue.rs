@@ -120,7 +120,11 @@ impl Room {
             let standing = match answer {
                 Ok(standing) => standing,
                 Err(reason) => {
-                    pass.ended = Some(reason.clone());
+                    // A refusal stays; a passing failure (the mesh was unavailable through
+                    // every retry) leaves the buyer's next attempt free to try again.
+                    if crate::Outcome::refusal(&reason) {
+                        pass.ended = Some(reason.clone());
+                    }
                     return Err(reason);
                 }
             };

@@ -46,7 +46,6 @@ pub(crate) async fn create_sale_in_buckets(
     .await
 }
 
-/// [`create_sale`], with the sale changed by `tweak` before it is sent.
 /// How many buyers the accepted purchases went to.
 pub(crate) fn distinct_buyers(report: &flashsale_loadgen::Report) -> usize {
     report
@@ -57,6 +56,7 @@ pub(crate) fn distinct_buyers(report: &flashsale_loadgen::Report) -> usize {
         .len()
 }
 
+/// [`create_sale`], with the sale changed by `tweak` before it is sent.
 pub(crate) async fn create_sale_with(
     mesh: &Mesh,
     stock: u64,
