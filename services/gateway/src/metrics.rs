@@ -4,18 +4,23 @@
 //! - `flashsale_purchase_duration_seconds{outcome}`: time to answer a purchase.
 //! - `flashsale_backend_errors_total{backend, component}`: failed calls to NATS / Postgres /
 //!   the inventory.
+//! - `flashsale_queue_standings_total{sale, state}`: waiting-room standings given (JoinQueue,
+//!   QueueStatus, each WatchQueue message), by state (`waiting`, `admitted`, `sold_out`).
+//! - `flashsale_queue_watchers{sale}`: WatchQueue streams open on this replica.
 
 use std::sync::OnceLock;
 
 use opentelemetry::{
     KeyValue, global,
-    metrics::{Counter, Histogram},
+    metrics::{Counter, Histogram, UpDownCounter},
 };
 
 pub(crate) struct Metrics {
     pub(crate) purchases: Counter<u64>,
     pub(crate) duration: Histogram<f64>,
     pub(crate) backend_errors: Counter<u64>,
+    pub(crate) queue_standings: Counter<u64>,
+    pub(crate) queue_watchers: UpDownCounter<i64>,
 }
 
 pub(crate) fn get() -> &'static Metrics {
@@ -38,6 +43,14 @@ pub(crate) fn get() -> &'static Metrics {
             backend_errors: meter
                 .u64_counter("flashsale_backend_errors")
                 .with_description("Failed calls to a backend, by backend and component")
+                .build(),
+            queue_standings: meter
+                .u64_counter("flashsale_queue_standings")
+                .with_description("Waiting-room standings given, by sale and state")
+                .build(),
+            queue_watchers: meter
+                .i64_up_down_counter("flashsale_queue_watchers")
+                .with_description("WatchQueue streams open, by sale")
                 .build(),
         }
     })
@@ -71,4 +84,38 @@ pub(crate) fn backend_error(backend: &'static str) {
             KeyValue::new("component", "gateway"),
         ],
     );
+}
+
+/// Counts one waiting-room standing given to a buyer.
+pub(crate) fn queue_standing(sale_id: &str, state: i32) {
+    let state = match flashsale_proto::v1::QueueState::try_from(state) {
+        Ok(flashsale_proto::v1::QueueState::Waiting) => "waiting",
+        Ok(flashsale_proto::v1::QueueState::Admitted) => "admitted",
+        Ok(flashsale_proto::v1::QueueState::SoldOut) => "sold_out",
+        _ => "unspecified",
+    };
+    get().queue_standings.add(
+        1,
+        &[
+            KeyValue::new("sale", sale_id.to_owned()),
+            KeyValue::new("state", state),
+        ],
+    );
+}
+
+/// One WatchQueue stream open for its lifetime.
+pub(crate) struct Watcher(KeyValue);
+
+impl Watcher {
+    pub(crate) fn open(sale_id: &str) -> Self {
+        let sale = KeyValue::new("sale", sale_id.to_owned());
+        get().queue_watchers.add(1, std::slice::from_ref(&sale));
+        Self(sale)
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        get().queue_watchers.add(-1, std::slice::from_ref(&self.0));
+    }
 }

@@ -97,7 +97,7 @@ impl Gateway {
             room_settings(&sale).ok_or_else(|| Error::NoWaitingRoom(sale_id.to_owned()))?;
         ended(&sale)?;
         if self.sold_out_now(sale_id) {
-            return Ok(sold_out(0, String::new()));
+            return Ok(counted(sale_id, sold_out(0, String::new())));
         }
         let ticket = self
             .room(sale_id)?
@@ -109,7 +109,10 @@ impl Gateway {
                 flashsale_proto::time::now_ms(),
             )
             .await?;
-        Ok(standing_pb(ticket.number, ticket.ticket, ticket.standing))
+        Ok(counted(
+            sale_id,
+            standing_pb(ticket.number, ticket.ticket, ticket.standing),
+        ))
     }
 
     /// QueueStatus.
@@ -143,9 +146,12 @@ impl Gateway {
         // The sold-out signal reaches every gateway at once; queued buyers hear it from it
         // even before the room itself is told.
         if self.sold_out_now(&request.sale_id) {
-            return Ok(sold_out(0, String::new()));
+            return Ok(counted(&request.sale_id, sold_out(0, String::new())));
         }
-        Ok(standing_pb(0, String::new(), standing))
+        Ok(counted(
+            &request.sale_id,
+            standing_pb(0, String::new(), standing),
+        ))
     }
 }
 
@@ -260,6 +266,7 @@ impl Gateway {
                 }
             }};
         }
+        let _watcher = crate::metrics::Watcher::open(&request.sale_id);
         let waiting = first.state == pb::QueueState::Waiting as i32;
         let mut last = first.clone();
         if !deliver!(Ok(first)) || !waiting {
@@ -292,7 +299,7 @@ impl Gateway {
                 continue;
             };
             if view.sold_out || self.sold_out_now(&request.sale_id) {
-                deliver!(Ok(sold_out(0, String::new())));
+                deliver!(Ok(counted(&request.sale_id, sold_out(0, String::new()))));
                 return;
             }
             match view.waiting(number) {
@@ -301,7 +308,7 @@ impl Gateway {
                 Some((position, _)) if position >= last.position => {
                     if last_sent.elapsed() >= KEEPALIVE {
                         // Nothing moved for a while: say so, so idle proxies keep the stream.
-                        if !deliver!(Ok(last.clone())) {
+                        if !deliver!(Ok(counted(&request.sale_id, last.clone()))) {
                             return;
                         }
                         last_sent = tokio::time::Instant::now();
@@ -309,7 +316,7 @@ impl Gateway {
                 }
                 Some((position, eta)) => {
                     last = standing_pb(0, String::new(), Standing::Waiting { position, eta });
-                    if !deliver!(Ok(last.clone())) {
+                    if !deliver!(Ok(counted(&request.sale_id, last.clone()))) {
                         return;
                     }
                     last_sent = tokio::time::Instant::now();
@@ -407,6 +414,12 @@ const ROOM_UNREACHABLE: Duration = Duration::from_secs(5);
 
 /// A watch whose position has not moved says so at least this often.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// A standing, counted in `flashsale_queue_standings_total` as it goes out.
+fn counted(sale_id: &str, standing: pb::QueueStanding) -> pb::QueueStanding {
+    crate::metrics::queue_standing(sale_id, standing.state);
+    standing
+}
 
 fn sold_out(number: u64, ticket: String) -> pb::QueueStanding {
     standing_pb(number, ticket, Standing::SoldOut)

@@ -189,7 +189,7 @@ async fn one_purchase_is_one_trace_across_processes_and_the_nats_hop() {
 }
 
 /// Reads `/metrics` of a process.
-async fn scrape(port: u16) -> String {
+pub(crate) async fn scrape(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -204,7 +204,7 @@ async fn scrape(port: u16) -> String {
 }
 
 /// Sum of a series' samples whose labels contain every `needle`.
-fn sum(text: &str, name: &str, needles: &[&str]) -> f64 {
+pub(crate) fn sum(text: &str, name: &str, needles: &[&str]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))

@@ -659,6 +659,7 @@ async fn watchers_follow_the_line_with_one_room_read_per_tick() {
                 // Streams end after a second: buyers still waiting watch again.
                 ("FLASHSALE_GATEWAY__QUEUE_WATCH_MAX".into(), "1s".into()),
             ],
+            metrics: true,
             ..crate::mesh::Extra::default()
         },
     )
@@ -736,7 +737,16 @@ async fn watchers_follow_the_line_with_one_room_read_per_tick() {
             (standing.number, seen, bought, streams)
         }
     });
-    let results = futures::future::join_all(watchers).await;
+    let metrics_port = mesh
+        .metrics_ports
+        .iter()
+        .find(|(name, _)| *name == "gateway")
+        .unwrap()
+        .1;
+    let (results, during) = tokio::join!(futures::future::join_all(watchers), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        crate::observability::scrape(metrics_port).await
+    });
     let elapsed = started.elapsed();
     let calls = script_calls(&mesh) - calls_before;
 
@@ -786,6 +796,28 @@ async fn watchers_follow_the_line_with_one_room_read_per_tick() {
         ticks * BUYERS > 3 * bound,
         "the run is long enough to tell: {ticks} ticks"
     );
+
+    // The gateway's metrics: watches open while they ran and none after, and the standings
+    // given by state.
+    let sale_label = format!("sale=\"{}\"", sale.sale_id);
+    let watching =
+        |text: &str| crate::observability::sum(text, "flashsale_queue_watchers", &[&sale_label]);
+    assert!(watching(&during) >= 1.0, "watches open:\n{during}");
+    let after = crate::observability::scrape(metrics_port).await;
+    assert_eq!(watching(&after), 0.0, "every watch closed:\n{after}");
+    let standings = |state: &str| {
+        crate::observability::sum(
+            &after,
+            "flashsale_queue_standings_total",
+            &[&sale_label, &format!("state=\"{state}\"")],
+        )
+    };
+    assert!(standings("admitted") >= admitted.len() as f64, "{after}");
+    assert!(
+        standings("sold_out") >= (BUYERS as usize - admitted.len()) as f64,
+        "{after}"
+    );
+    assert!(standings("waiting") >= streams as f64 / 2.0, "{after}");
 }
 
 /// A sale that ends ends its watches (SALE_NOT_ACTIVE); a gateway that is told to stop ends its
