@@ -68,8 +68,34 @@ pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// How long a server may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, and that this process has not handed out
+/// before.
+///
+/// Chosen at random below the kernel's ephemeral range (`ip_local_port_range`): a port the
+/// kernel assigned could be handed to the next outgoing connection of any process before the
+/// server that was meant to get it binds it, and tests make thousands of connections.
 pub fn free_port() -> std::io::Result<u16> {
+    use std::{collections::HashSet, sync::Mutex};
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral_low);
+    if high > low + 1_000 {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        let given = given.get_or_insert_with(HashSet::new);
+        for _ in 0..1_000 {
+            let port = rand::random_range(low..high);
+            if given.contains(&port) {
+                continue;
+            }
+            if TcpListener::bind((LOOPBACK, port)).is_ok() {
+                given.insert(port);
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind((LOOPBACK, 0))?.local_addr()?.port())
 }
 
