@@ -12,7 +12,7 @@
 
 use std::{fmt, time::Duration};
 
-use flashsale_loadgen::{Arrival, Load, Report, Scenario, Sources, Verdict};
+use flashsale_loadgen::{Arrival, Load, Report, Scenario, Verdict};
 use flashsale_proto::{
     time::{duration, timestamp},
     v1::{self as pb, sale_admin_client::SaleAdminClient},
@@ -338,10 +338,7 @@ async fn run(schedule: &Schedule) -> Outcome {
     drain(&mesh).await;
     tokio::time::sleep(Duration::from_millis(HOLD_MS + 1_000)).await;
     drain(&mesh).await;
-    let sources = Sources {
-        store: mesh.store().await,
-        inventory: mesh.channel(mesh.ports.inventory).await,
-    };
+    let sources = mesh.sources().await;
     let audit =
         flashsale_loadgen::audit_under_faults(&sources, &sale, &report, Duration::from_secs(60))
             .await;

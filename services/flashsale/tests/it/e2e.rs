@@ -158,14 +158,7 @@ async fn a_whole_flash_sale_keeps_every_invariant() {
         .collect();
 
     // Pay about half; the rest expire after the payment window.
-    let paid = flashsale_loadgen::pay(
-        mesh.channel(mesh.ports.orders).await,
-        &report.accepted,
-        0.5,
-        3,
-        Duration::from_secs(15),
-    )
-    .await;
+    let paid = mesh.pay(&report.accepted, 0.5).await;
     assert!(!paid.is_empty());
     let store = mesh.store().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -236,20 +229,9 @@ async fn a_hot_item_in_stock_buckets_sells_through_the_whole_mesh() {
     let units: u32 = report.accepted.iter().map(|a| a.quantity).sum();
     assert_eq!(units, 300, "exactly the stock: {:?}", report.rejected);
     assert_eq!(distinct_buyers(&report), 300, "no buyer twice");
-    let paid = flashsale_loadgen::pay(
-        mesh.channel(mesh.ports.orders).await,
-        &report.accepted,
-        0.5,
-        3,
-        Duration::from_secs(15),
-    )
-    .await;
+    let paid = mesh.pay(&report.accepted, 0.5).await;
     assert!(!paid.is_empty());
-    let sources = Sources {
-        store: mesh.store().await,
-        inventory: mesh.channel(mesh.ports.inventory).await,
-    };
-    let audit = flashsale_loadgen::audit(&sources, &sale, &report, Duration::from_secs(30)).await;
+    let audit = mesh.audit(&sale, &report).await;
     assert!(audit.passed(), "{:#?}", audit.lines());
     let stock = audit.stock.clone().unwrap();
     assert_eq!((stock.available, stock.held + stock.sold), (0, 300));

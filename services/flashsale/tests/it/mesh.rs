@@ -367,6 +367,40 @@ upstream = "http://127.0.0.1:{gw}"
         .await
     }
 
+    /// Where the audit reads: this mesh's Postgres and inventory.
+    pub(crate) async fn sources(&self) -> flashsale_loadgen::Sources {
+        flashsale_loadgen::Sources {
+            store: self.store().await,
+            inventory: self.channel(self.ports.inventory).await,
+        }
+    }
+
+    /// The loadgen audit of a run, once its orders are written (up to 30 s).
+    pub(crate) async fn audit(
+        &self,
+        sale: &flashsale_proto::v1::Sale,
+        report: &flashsale_loadgen::Report,
+    ) -> flashsale_loadgen::Audit {
+        flashsale_loadgen::audit(&self.sources().await, sale, report, Duration::from_secs(30)).await
+    }
+
+    /// Pays `share` of the accepted orders through the Orders service, as a payment provider
+    /// would (seeded, waiting up to 15 s for each order to be persisted).
+    pub(crate) async fn pay(
+        &self,
+        accepted: &[flashsale_loadgen::Accepted],
+        share: f64,
+    ) -> Vec<String> {
+        flashsale_loadgen::pay(
+            self.channel(self.ports.orders).await,
+            accepted,
+            share,
+            3,
+            Duration::from_secs(15),
+        )
+        .await
+    }
+
     pub(crate) async fn channel(&self, port: u16) -> Channel {
         tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
             .unwrap()

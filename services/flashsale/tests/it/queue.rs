@@ -16,11 +16,20 @@ use crate::{
     mesh::Mesh,
 };
 
-async fn create_room_sale(mesh: &Mesh, stock: u64) -> pb::Sale {
-    create_sale_with(mesh, stock, 1, 600_000, |sale| {
+/// A sale behind a waiting room admitting `rate` buyers a second, at most `active_cap` at
+/// once, each with 30 s to buy.
+async fn create_room_sale(
+    mesh: &Mesh,
+    stock: u64,
+    limit: u32,
+    payment_window_ms: u64,
+    rate: f64,
+    active_cap: u32,
+) -> pb::Sale {
+    create_sale_with(mesh, stock, limit, payment_window_ms, |sale| {
         sale.waiting_room = Some(pb::WaitingRoom {
-            admissions_per_second: 20.0,
-            active_cap: 4,
+            admissions_per_second: rate,
+            active_cap,
             admission_window: Some(duration(30_000)),
         });
     })
@@ -65,12 +74,12 @@ async fn watch(
 }
 
 /// QueueStatus for the holder of `token` and `ticket`.
-async fn status(
+async fn ask(
     client: &mut FlashSaleClient<Channel>,
     sale_id: &str,
     ticket: &str,
     token: &str,
-) -> pb::QueueStanding {
+) -> Result<pb::QueueStanding, tonic::Status> {
     client
         .queue_status(authorized(
             pb::QueueStatusRequest {
@@ -80,8 +89,7 @@ async fn status(
             token,
         ))
         .await
-        .unwrap()
-        .into_inner()
+        .map(tonic::Response::into_inner)
 }
 
 struct Buyer {
@@ -115,7 +123,7 @@ async fn purchase(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_room_admits_in_arrival_order_and_tokens_buy_once() {
     let mesh = Mesh::start("waiting room").await;
-    let sale = create_room_sale(&mesh, 10).await;
+    let sale = create_room_sale(&mesh, 10, 1, 600_000, 20.0, 4).await;
     assert!(sale.waiting_room.is_some(), "the sale keeps its room");
     let sale_id = sale.sale_id.clone();
     let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.gateway).await);
@@ -166,17 +174,9 @@ async fn a_waiting_room_admits_in_arrival_order_and_tokens_buy_once() {
             if tokens.contains_key(&buyer.number) {
                 continue;
             }
-            let standing = client
-                .queue_status(authorized(
-                    pb::QueueStatusRequest {
-                        sale_id: sale_id.clone(),
-                        ticket: buyer.ticket.clone(),
-                    },
-                    &buyer.token,
-                ))
+            let standing = ask(&mut client, &sale_id, &buyer.ticket, &buyer.token)
                 .await
-                .unwrap()
-                .into_inner();
+                .unwrap();
             match pb::QueueState::try_from(standing.state).unwrap() {
                 pb::QueueState::Admitted => {
                     admitted_order.push(buyer.number);
@@ -235,16 +235,8 @@ async fn a_waiting_room_admits_in_arrival_order_and_tokens_buy_once() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for buyer in buyers.iter().skip(10) {
         loop {
-            let standing = client
-                .queue_status(authorized(
-                    pb::QueueStatusRequest {
-                        sale_id: sale_id.clone(),
-                        ticket: buyer.ticket.clone(),
-                    },
-                    &buyer.token,
-                ))
-                .await;
-            match standing.map(|s| pb::QueueState::try_from(s.into_inner().state).unwrap()) {
+            let standing = ask(&mut client, &sale_id, &buyer.ticket, &buyer.token).await;
+            match standing.map(|s| pb::QueueState::try_from(s.state).unwrap()) {
                 Ok(pb::QueueState::SoldOut) => break,
                 other => {
                     assert!(
@@ -261,40 +253,29 @@ async fn a_waiting_room_admits_in_arrival_order_and_tokens_buy_once() {
     // Refusals, each with its reason.
     let alice = &buyers[12];
     let bob = &buyers[13];
-    let expect =
-        |result: Result<tonic::Response<pb::QueueStanding>, tonic::Status>, code, reason: &str| {
-            let status = result.unwrap_err();
-            assert_eq!(
-                (status.code(), reason_of(&status).as_deref()),
-                (code, Some(reason)),
-                "{status:?}"
-            );
-        };
+    let expect = |result: Result<pb::QueueStanding, tonic::Status>, code, reason: &str| {
+        let status = result.unwrap_err();
+        assert_eq!(
+            (status.code(), reason_of(&status).as_deref()),
+            (code, Some(reason)),
+            "{status:?}"
+        );
+    };
     // Another buyer's ticket; a forged one.
     expect(
-        client
-            .queue_status(authorized(
-                pb::QueueStatusRequest {
-                    sale_id: sale_id.clone(),
-                    ticket: alice.ticket.clone(),
-                },
-                &bob.token,
-            ))
-            .await,
+        ask(&mut client, &sale_id, &alice.ticket, &bob.token).await,
         Code::PermissionDenied,
         "QUEUE_TOKEN_REFUSED",
     );
     let (payload, _) = alice.ticket.split_once('.').unwrap();
     expect(
-        client
-            .queue_status(authorized(
-                pb::QueueStatusRequest {
-                    sale_id: sale_id.clone(),
-                    ticket: format!("{payload}.AAAA"),
-                },
-                &alice.token,
-            ))
-            .await,
+        ask(
+            &mut client,
+            &sale_id,
+            &format!("{payload}.AAAA"),
+            &alice.token,
+        )
+        .await,
         Code::PermissionDenied,
         "QUEUE_TOKEN_REFUSED",
     );
@@ -308,7 +289,8 @@ async fn a_waiting_room_admits_in_arrival_order_and_tokens_buy_once() {
                 },
                 &alice.token,
             ))
-            .await,
+            .await
+            .map(tonic::Response::into_inner),
         Code::FailedPrecondition,
         "NO_WAITING_ROOM",
     );
@@ -320,14 +302,7 @@ async fn a_waiting_room_admits_in_arrival_order_and_tokens_buy_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_buyers_queue_in_arrival_order_and_the_audit_holds() {
     let mesh = Mesh::start("waiting room under load").await;
-    let sale = create_sale_with(&mesh, 80, 2, 600_000, |sale| {
-        sale.waiting_room = Some(pb::WaitingRoom {
-            admissions_per_second: 200.0,
-            active_cap: 16,
-            admission_window: Some(duration(30_000)),
-        });
-    })
-    .await;
+    let sale = create_room_sale(&mesh, 80, 2, 600_000, 200.0, 16).await;
     let scenario = flashsale_loadgen::Scenario {
         users: 400,
         attempts: 1_200,
@@ -399,11 +374,7 @@ async fn loadgen_buyers_queue_in_arrival_order_and_the_audit_holds() {
         );
     }
 
-    let sources = flashsale_loadgen::Sources {
-        store: mesh.store().await,
-        inventory: mesh.channel(mesh.ports.inventory).await,
-    };
-    let audit = flashsale_loadgen::audit(&sources, &sale, &report, Duration::from_secs(30)).await;
+    let audit = mesh.audit(&sale, &report).await;
     assert!(audit.passed(), "{:#?}", audit.lines());
     let fair = audit
         .checks
@@ -583,17 +554,9 @@ async fn a_gateway_verifying_es256_tokens_hosts_rooms_with_its_own_key() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        standing = client
-            .queue_status(authorized(
-                pb::QueueStatusRequest {
-                    sale_id: sale.sale_id.clone(),
-                    ticket: joined.ticket.clone(),
-                },
-                &buyer,
-            ))
+        standing = ask(&mut client, &sale.sale_id, &joined.ticket, &buyer)
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
     }
     assert_eq!(standing.state, pb::QueueState::Admitted as i32);
     let bought = client
@@ -625,13 +588,19 @@ async fn a_gateway_verifying_es256_tokens_hosts_rooms_with_its_own_key() {
     assert_eq!(reason_of(&again).as_deref(), Some("PURCHASE_TOKEN_USED"));
 }
 
-/// Script calls Redis has answered so far (EVALSHA and EVAL).
-fn script_calls(mesh: &Mesh) -> u64 {
+/// A command to the mesh's Redis, through `redis-cli`; its answer.
+fn redis_cli(mesh: &Mesh, args: &[&str]) -> String {
     let out = std::process::Command::new("redis-cli")
-        .args(["-p", &mesh.redis.port().to_string(), "INFO", "commandstats"])
+        .args(["-p", &mesh.redis.port().to_string()])
+        .args(args)
         .output()
         .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Script calls Redis has answered so far (EVALSHA and EVAL).
+fn script_calls(mesh: &Mesh) -> u64 {
+    redis_cli(mesh, &["INFO", "commandstats"])
         .lines()
         .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
         .filter_map(|l| {
@@ -664,14 +633,7 @@ async fn watchers_follow_the_line_with_one_room_read_per_tick() {
         },
     )
     .await;
-    let sale = create_sale_with(&mesh, 10, 1, 600_000, |sale| {
-        sale.waiting_room = Some(pb::WaitingRoom {
-            admissions_per_second: 2.0,
-            active_cap: 3,
-            admission_window: Some(duration(30_000)),
-        });
-    })
-    .await;
+    let sale = create_room_sale(&mesh, 10, 1, 600_000, 2.0, 3).await;
     let channel = mesh.channel(mesh.ports.gateway).await;
     let signer = mesh.signer();
 
@@ -826,14 +788,7 @@ async fn watchers_follow_the_line_with_one_room_read_per_tick() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_sale_and_a_draining_gateway_end_their_watches() {
     let mut mesh = Mesh::start("waiting room, gateway drains").await;
-    let sale = create_sale_with(&mesh, 10, 1, 600_000, |sale| {
-        sale.waiting_room = Some(pb::WaitingRoom {
-            admissions_per_second: 0.001,
-            active_cap: 1,
-            admission_window: Some(duration(30_000)),
-        });
-    })
-    .await;
+    let sale = create_room_sale(&mesh, 10, 1, 600_000, 0.001, 1).await;
     let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.gateway).await);
     let signer = mesh.signer();
     let mut watches = Vec::new();
@@ -849,14 +804,7 @@ async fn an_ended_sale_and_a_draining_gateway_end_their_watches() {
     }
 
     // A sale that ends while buyers watch ends their watches: nobody will be admitted.
-    let ending = create_sale_with(&mesh, 10, 1, 600_000, |sale| {
-        sale.waiting_room = Some(pb::WaitingRoom {
-            admissions_per_second: 0.001,
-            active_cap: 1,
-            admission_window: Some(duration(30_000)),
-        });
-    })
-    .await;
+    let ending = create_room_sale(&mesh, 10, 1, 600_000, 0.001, 1).await;
     let token = signer.token("ended-watcher", false, Duration::from_secs(600));
     let joined = join(&mut client, &ending.sale_id, &token).await;
     let mut stream = watch(&mut client, &ending.sale_id, &joined.ticket, &token)
@@ -905,14 +853,7 @@ async fn an_ended_sale_and_a_draining_gateway_end_their_watches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn units_that_come_back_reopen_a_sold_out_room() {
     let mesh = Mesh::start("waiting room reopens, payment window 1 s").await;
-    let sale = create_sale_with(&mesh, 1, 1, 1_000, |sale| {
-        sale.waiting_room = Some(pb::WaitingRoom {
-            admissions_per_second: 100.0,
-            active_cap: 2,
-            admission_window: Some(duration(30_000)),
-        });
-    })
-    .await;
+    let sale = create_room_sale(&mesh, 1, 1, 1_000, 100.0, 2).await;
     let sale_id = sale.sale_id.clone();
     let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.gateway).await);
     let signer = mesh.signer();
@@ -948,24 +889,17 @@ async fn units_that_come_back_reopen_a_sold_out_room() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let refused = buy(&b, &jb.purchase_token, "b").await.unwrap_err();
     assert_eq!(reason_of(&refused).as_deref(), Some("SOLD_OUT"));
-    let room_flag = || {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &mesh.redis.port().to_string(), "HGET"])
-            .arg(format!("wr:{{wr:{sale_id}}}:room"))
-            .arg("soldout")
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let room_key = format!("wr:{{wr:{sale_id}}}:room");
+    let room_flag = || redis_cli(&mesh, &["HGET", &room_key, "soldout"]);
     assert_eq!(room_flag(), "1", "the room is closed");
-    let closed = status(&mut client, &sale_id, &jc.ticket, &c).await;
+    let closed = ask(&mut client, &sale_id, &jc.ticket, &c).await.unwrap();
     assert_eq!(closed.state, pb::QueueState::SoldOut as i32, "{closed:?}");
 
     // A does not pay: after the 1 s payment window the order expires and the unit comes
     // back. C, still holding a ticket, is admitted.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let admitted = loop {
-        let standing = status(&mut client, &sale_id, &jc.ticket, &c).await;
+        let standing = ask(&mut client, &sale_id, &jc.ticket, &c).await.unwrap();
         if standing.state == pb::QueueState::Admitted as i32 {
             break standing;
         }
