@@ -3,6 +3,7 @@
 //! - [`config`]: typed configuration layered defaults → TOML file → `FLASHSALE_*` environment,
 //!   validated before any port is bound; the sections every service reads (Redis, NATS,
 //!   Postgres, gRPC server settings).
+//! - [`backoff`]: the one exponential backoff every retry loop paces itself with.
 //! - [`client`]: channels to backends that balance over every address a name resolves to.
 //! - [`nats`]: connecting to NATS with the configured credentials.
 //! - [`telemetry`]: logging set up once per process, with a guard that flushes on drop.
@@ -12,6 +13,7 @@
 //! - [`trace`]: W3C trace context in NATS message headers.
 //! - [`status`]: the one mapping from a crate's error to a `tonic::Status` with a reason.
 
+pub mod backoff;
 pub mod client;
 pub mod config;
 

@@ -17,15 +17,21 @@
 //! `setpriv --pdeathsig KILL`, so they die with the test process even when it is killed, and a
 //! dropped handle (a panicking test included) kills its server and removes its folder.
 //!
+//! [`FaultProxy`] goes between a component and one of them (or any TCP server on loopback) to
+//! fault a single hop while both ends run: lost replies, delays past a timeout, blackholes,
+//! resets, slow bandwidth, a node cut off ([`Fault`]).
+//!
 //! Binaries can be overridden with `REDIS_SERVER_BIN`, `NATS_SERVER_BIN` and `PG_BIN_DIR`.
 
 mod nats;
 mod postgres;
 mod process;
+mod proxy;
 mod redis;
 
 pub use nats::{NatsCluster, NatsServer};
 pub use postgres::{PostgresServer, TestDatabase};
+pub use proxy::{Fault, FaultProxy};
 pub use redis::{CLUSTER_NODE_TIMEOUT, RedisCluster, RedisServer};
 
 use std::{
