@@ -5,7 +5,10 @@
 --   KEYS[2] fs:{sid}:users  HASH  user_id -> units held or sold
 --   KEYS[3] fs:{sid}:idem   HASH  user_id \0 idempotency_key -> reservation id
 --   KEYS[4] fs:{sid}:exp    ZSET  reservation id -> expiry (ms) of HELD reservations
---   KEYS[5] fs:{sid}:res    HASH  reservation id -> JSON {u, q, s, c, e, k, r}
+--   KEYS[5] fs:{sid}:res    HASH  reservation id -> JSON {u, q, s, c, e, k, r, p}
+-- A record's p = 1 says its order event is in the stream (the gateway marked it queued after
+-- JetStream acknowledged the publish): from then on only the order's own lifecycle may release
+-- its units, never an expiry or a compensation, however long the order takes to be written.
 -- Times are Unix milliseconds from Redis's own clock, so every replica agrees.
 -- Invariant kept by every script: available + held + sold == total, none negative.
 
@@ -17,10 +20,16 @@ local function now_ms()
 end
 
 -- A reservation as a flat reply:
--- {status, rid, user, qty, state, created, expires, key, reason, available, signal, seq}
+-- {status, rid, user, qty, state, created, expires, key, reason, available, signal, seq, queued}
 -- signal: -1 none, 1 stock just reached zero, 0 stock just came back above zero.
 local function reply(status, rid, rec, available, signal, seq)
-  return {status, rid, rec.u, rec.q, rec.s, rec.c, rec.e, rec.k, rec.r, available, signal, seq}
+  return {status, rid, rec.u, rec.q, rec.s, rec.c, rec.e, rec.k, rec.r, available, signal, seq,
+    rec.p or 0}
+end
+
+-- True for a reservation whose order event the stream holds (see p above).
+local function queued(rec)
+  return rec.p == 1
 end
 
 local function load_rec(rid)
@@ -35,6 +44,14 @@ end
 
 local function bump_signal()
   return redis.call('HINCRBY', SALE, 'sigseq', 1)
+end
+
+-- Where a sale's signal numbering starts when Redis creates (or recreates) it: the Redis clock
+-- in microseconds, so a sale rebuilt after Redis lost it numbers its signals above every one
+-- sent before (gateways ignore a number lower than the last they saw).
+local function first_signal()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
 -- Returns a HELD or COMMITTED reservation's units to stock and to the buyer's allowance.

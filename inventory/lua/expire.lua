@@ -1,4 +1,5 @@
--- Expire: release HELD reservations whose hold has passed. Safe to run from many replicas at
+-- Expire: release HELD reservations whose hold has passed and whose order event the stream
+-- does not hold (a queued one waits for its order, see common.lua). Safe to run from many replicas at
 -- once: each release re-checks state and expiry inside this atomic script.
 -- ARGV: most reservations to release in this call
 -- Reply: {released count, available, signal, seq, finished (1 when the sale is over and holds
@@ -11,7 +12,7 @@ local out = {0, 0, -1, 0, 0}
 local released = {}
 for _, rid in ipairs(due) do
   local rec = load_rec(rid)
-  if rec and rec.s == 'HELD' and rec.e <= now then
+  if rec and rec.s == 'HELD' and not queued(rec) and rec.e <= now then
     local _, signal, seq = release_units(rid, rec, 'RESERVATION_EXPIRED')
     if signal >= 0 then out[3] = signal; out[4] = seq end
     released[#released + 1] = rid

@@ -24,17 +24,19 @@ for _, entry in ipairs(records) do
   if rec.s == 'CONFIRMED' then sold = sold + rec.q else held = held + rec.q end
 end
 if total < 0 then total = held + sold end
-if held + sold > total then return {'OVERSOLD', total, 0, held, sold} end
+if held + sold > total then return {'OVERSOLD', total, 0, held, sold, 0} end
 redis.call('DEL', USERS, IDEM, EXP, RES)
 for _, entry in ipairs(records) do
   local rid, rec = entry[1], entry[2]
   save_rec(rid, rec)
   redis.call('HINCRBY', USERS, rec.u, rec.q)
-  if rec.s == 'HELD' then redis.call('ZADD', EXP, rec.e, rid) end
+  if rec.s == 'HELD' and not queued(rec) then redis.call('ZADD', EXP, rec.e, rid) end
   if rec.k ~= '' then redis.call('HSET', IDEM, rec.u .. '\0' .. rec.k, rid) end
 end
 local available = total - held - sold
 redis.call('HSET', SALE, 'total', total, 'limit', limit, 'starts', starts, 'ends', ends,
   'hold', hold, 'available', available, 'held', held, 'sold', sold)
-if redis.call('HEXISTS', SALE, 'sigseq') == 0 then redis.call('HSET', SALE, 'sigseq', 0) end
-return {'OK', total, available, held, sold}
+if redis.call('HEXISTS', SALE, 'sigseq') == 0 then
+  redis.call('HSET', SALE, 'sigseq', first_signal())
+end
+return {'OK', total, available, held, sold, bump_signal()}

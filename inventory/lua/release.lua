@@ -10,10 +10,12 @@ local rid, reason = ARGV[1], ARGV[2]
 if redis.call('EXISTS', SALE) == 0 then return {'NO_SALE'} end
 local rec = load_rec(rid)
 if not rec then return {'NOT_FOUND'} end
--- A compensation (publish reported failed) or an expiry only ever concerns a HELD reservation:
--- once COMMITTED its order exists (the publish went through after all), and only the order's
--- own lifecycle may release it.
-if rec.s == 'COMMITTED' and (reason == 'PUBLISH_FAILED' or reason == 'RESERVATION_EXPIRED') then
+-- A compensation (publish reported failed) or an expiry only ever concerns a HELD reservation
+-- the stream does not hold: once queued or COMMITTED its order is on the way or exists (the
+-- publish went through after all, perhaps by a retry), and only the order's own lifecycle may
+-- release it.
+if (rec.s == 'COMMITTED' or (rec.s == 'HELD' and queued(rec)))
+    and (reason == 'PUBLISH_FAILED' or reason == 'RESERVATION_EXPIRED') then
   local available = tonumber(redis.call('HGET', SALE, 'available'))
   return reply('UNCHANGED', rid, rec, available, -1, 0)
 end

@@ -1,6 +1,7 @@
 -- Reserve. ARGV: user, qty, idempotency key ('' = none), new reservation id
 -- Reply: reply(...) with status RESERVED | DUPLICATE, or
---        {status, available} with status NOT_FOUND | NOT_ACTIVE | INVALID | USER_LIMIT | SOLD_OUT.
+--        {status, available} with status NOT_FOUND | NOT_ACTIVE | INVALID | USER_LIMIT | SOLD_OUT
+--        | KEY_REUSED (the key made a reservation of another quantity).
 -- Refusals and duplicates change nothing.
 local user, qty, key, rid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local s = redis.call('HMGET', SALE, 'limit', 'starts', 'ends', 'hold', 'available')
@@ -13,6 +14,7 @@ if key ~= '' then
   local prev = redis.call('HGET', IDEM, ikey)
   if prev then
     local rec = load_rec(prev)
+    if rec and rec.q ~= qty then return {'KEY_REUSED', available} end
     if rec then return reply('DUPLICATE', prev, rec, available, -1, 0) end
   end
 end

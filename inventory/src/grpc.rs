@@ -96,6 +96,20 @@ pub fn reservation_pb(r: &Reservation) -> pb::Reservation {
         created_at: Some(timestamp(r.created_at_ms)),
         expires_at: r.expires_at_ms.map(timestamp),
         idempotency_key: r.idempotency_key.clone(),
+        queued: r.queued,
+        release_reason: r
+            .release_reason
+            .map_or(pb::ReleaseReason::Unspecified, reason_pb) as i32,
+    }
+}
+
+fn reason_pb(reason: ReleaseReason) -> pb::ReleaseReason {
+    match reason {
+        ReleaseReason::ReservationExpired => pb::ReleaseReason::ReservationExpired,
+        ReleaseReason::PaymentExpired => pb::ReleaseReason::PaymentExpired,
+        ReleaseReason::Cancelled => pb::ReleaseReason::Cancelled,
+        ReleaseReason::PublishFailed => pb::ReleaseReason::PublishFailed,
+        ReleaseReason::Admin => pb::ReleaseReason::Admin,
     }
 }
 
@@ -176,6 +190,7 @@ impl InventoryRpc for InventoryApi {
             Outcome::SoldOut => (pb::ReserveOutcome::SoldOut, None, false),
             Outcome::UserLimit => (pb::ReserveOutcome::UserLimit, None, false),
             Outcome::NotActive => (pb::ReserveOutcome::NotActive, None, false),
+            Outcome::KeyReused => (pb::ReserveOutcome::KeyReused, None, false),
             Outcome::QuantityOverLimit => {
                 return Err(Error::invalid(
                     "quantity",
@@ -260,6 +275,18 @@ impl InventoryRpc for InventoryApi {
         Ok(Response::new(reservation_pb(&t.reservation)))
     }
 
+    async fn mark_queued(
+        &self,
+        request: Request<pb::MarkQueuedRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        let r = request.into_inner();
+        let t = self
+            .inventory
+            .mark_queued(&r.sale_id, &r.reservation_id)
+            .await?;
+        Ok(Response::new(reservation_pb(&t.reservation)))
+    }
+
     async fn release(
         &self,
         request: Request<pb::ReleaseRequest>,
@@ -306,6 +333,7 @@ impl InventoryRpc for InventoryApi {
                     expires_at_ms: r.expires_at.as_ref().and_then(unix_ms),
                     idempotency_key: r.idempotency_key,
                     release_reason: None,
+                    queued: false,
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;

@@ -125,6 +125,8 @@ pub enum Outcome {
     NotActive,
     /// More units than the per-user limit in one request.
     QuantityOverLimit,
+    /// The idempotency key made an earlier reservation of another quantity.
+    KeyReused,
 }
 
 /// The answer to Reserve.
@@ -236,6 +238,9 @@ pub struct Reservation {
     pub idempotency_key: String,
     /// Why it was released, when RELEASED.
     pub release_reason: Option<ReleaseReason>,
+    /// Its order event is in the stream ([`crate::Inventory::mark_queued`]): only the order's
+    /// lifecycle may release it, never its hold or a compensation.
+    pub queued: bool,
 }
 
 /// The result of Commit, Confirm or Release.

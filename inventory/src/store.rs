@@ -34,6 +34,7 @@ struct Scripts {
     commit_many: Script,
     confirm: Script,
     release: Script,
+    queued: Script,
     expire: Script,
     rebuild: Script,
     transfer: TransferScripts,
@@ -49,6 +50,7 @@ impl Scripts {
             commit_many: s(include_str!("../lua/commit_many.lua")),
             confirm: s(include_str!("../lua/confirm.lua")),
             release: s(include_str!("../lua/release.lua")),
+            queued: s(include_str!("../lua/queued.lua")),
             expire: s(include_str!("../lua/expire.lua")),
             rebuild: s(include_str!("../lua/rebuild.lua")),
             transfer: TransferScripts::new(),
@@ -403,6 +405,7 @@ impl Inventory {
                 Outcome::UserLimit => "user_limit",
                 Outcome::NotActive => "not_active",
                 Outcome::QuantityOverLimit => "invalid",
+                Outcome::KeyReused => "key_reused",
             },
             Err(_) => "error",
         };
@@ -689,6 +692,7 @@ impl Inventory {
             "USER_LIMIT" => refused(Outcome::UserLimit),
             "NOT_ACTIVE" => refused(Outcome::NotActive),
             "INVALID" => refused(Outcome::QuantityOverLimit),
+            "KEY_REUSED" => refused(Outcome::KeyReused),
             "NOT_FOUND" => Err(Error::SaleNotFound(request.sale_id.clone())),
             other => Err(Error::Protocol(format!("reserve: {other}"))),
         }
@@ -842,6 +846,22 @@ impl Inventory {
             .await
     }
 
+    /// JetStream holds the reservation's order event: keep its units until the order decides
+    /// (no expiry, no compensation). A reservation released by its hold or a compensation is
+    /// taken again when stock and the buyer's limit allow; otherwise refused.
+    pub async fn mark_queued(
+        &self,
+        sale_id: &str,
+        reservation_id: &str,
+    ) -> Result<Transition, Error> {
+        check_ids(sale_id, reservation_id)?;
+        let tag = self.reservation_tag(sale_id, reservation_id).await?;
+        let args = vec![Value::from(reservation_id)];
+        let reply = self.eval(&self.inner.scripts.queued, &tag, args).await?;
+        self.finish_transition("queue", sale_id, reservation_id, &reply)
+            .await
+    }
+
     async fn finish_transition(
         &self,
         action: &'static str,
@@ -901,6 +921,7 @@ impl Inventory {
             expires_at_ms: (expires > 0).then_some(expires),
             idempotency_key: text(reply, 7)?,
             release_reason: ReleaseReason::parse(&reason),
+            queued: int(reply, 12)? == 1,
         };
         let available = uint(reply, 9)?;
         self.signal(
@@ -1087,7 +1108,7 @@ impl Inventory {
         spec: &SaleSpec,
         tag: &str,
         args: Vec<Value>,
-    ) -> Result<StockLevel, Error> {
+    ) -> Result<(StockLevel, u64), Error> {
         let reply = self.eval(&self.inner.scripts.rebuild, tag, args).await?;
         let stock = StockLevel {
             total: uint(&reply, 1)?,
@@ -1103,7 +1124,7 @@ impl Inventory {
                         .sadd::<i64, _, _>(SALES_KEY, spec.sale_id.as_str()),
                 )
                 .await?;
-                Ok(stock)
+                Ok((stock, uint(&reply, 5)?))
             }
             "OVERSOLD" => Err(Error::Oversold {
                 sale_id: spec.sale_id.clone(),
@@ -1370,6 +1391,8 @@ fn parse_record(sale_id: &str, reservation_id: &str, raw: &str) -> Result<Reserv
         e: f64,
         k: String,
         r: String,
+        #[serde(default)]
+        p: u8,
     }
     let rec: Record = serde_json::from_str(raw)
         .map_err(|e| Error::Protocol(format!("record {reservation_id}: {e}")))?;
@@ -1385,6 +1408,7 @@ fn parse_record(sale_id: &str, reservation_id: &str, raw: &str) -> Result<Reserv
         expires_at_ms: (expires > 0).then_some(expires),
         idempotency_key: rec.k,
         release_reason: ReleaseReason::parse(&rec.r),
+        queued: rec.p == 1,
     })
 }
 

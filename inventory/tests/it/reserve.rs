@@ -75,9 +75,9 @@ async fn idempotency_key_returns_the_original_reservation() {
     else {
         panic!("{first:?}");
     };
-    // Same key, even with a different quantity: the original answer, no stock taken.
+    // Same key, same quantity: the original answer, no stock taken.
     let again = inventory
-        .reserve(&request(&sale, "alice", 1, "k1"))
+        .reserve(&request(&sale, "alice", 2, "k1"))
         .await
         .unwrap();
     assert_eq!(
@@ -87,6 +87,12 @@ async fn idempotency_key_returns_the_original_reservation() {
             duplicate: true
         }
     );
+    // Same key, another quantity: a key names one purchase; refused, nothing taken.
+    let other = inventory
+        .reserve(&request(&sale, "alice", 1, "k1"))
+        .await
+        .unwrap();
+    assert_eq!(other.outcome, Outcome::KeyReused);
     assert_eq!(inventory.stock(&sale.sale_id).await.unwrap().available, 8);
 
     // The key is per buyer: bob's k1 is a new attempt.

@@ -261,5 +261,7 @@ fn reservation_of(order: &orders::Model) -> pb::Reservation {
         created_at: Some(timestamp(ms(order.created_at))),
         expires_at: (!paid).then(|| timestamp(ms(order.pay_deadline))),
         idempotency_key: order.idempotency_key.clone(),
+        queued: true,
+        release_reason: pb::ReleaseReason::Unspecified as i32,
     }
 }

@@ -53,12 +53,24 @@ pub enum Error {
     /// Too many purchases of this sale in flight here; shed instead of queued.
     #[error("sale {0} is busy; retry shortly")]
     Overloaded(String),
-    /// The idempotency key names a purchase that is final.
-    #[error("this purchase was already made (order {order_id})")]
-    Duplicate {
-        /// The original order.
+    /// The idempotency key made a purchase that was not confirmed (its reservation was
+    /// released before its order was queued): the key is spent; buy again with a new one.
+    #[error(
+        "the purchase made with this idempotency key was not confirmed (reservation {order_id} was released before its order was queued); buy again with a new key"
+    )]
+    PurchaseFailed {
+        /// The reservation the key made.
         order_id: String,
     },
+    /// The idempotency key was used for a purchase of another quantity.
+    #[error(
+        "this idempotency key was used for a purchase of another quantity; a key names one purchase"
+    )]
+    KeyReused,
+    /// The sale exists but the inventory does not have its stock (Redis lost it and a repair
+    /// has not restored it yet): nothing is decided; retry shortly.
+    #[error("the stock of sale {0} is being restored; retry shortly")]
+    StockUnavailable(String),
     /// The purchase could not be queued; its reservation was released.
     #[error("the order queue is unavailable: {0}")]
     QueueUnavailable(String),
@@ -126,7 +138,9 @@ impl IntoStatus for Error {
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::InvalidId(_) | Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::SaleNotFound(_) | Self::OrderNotFound(_) => Code::NotFound,
-            Self::SaleExists(_) | Self::Duplicate { .. } => Code::AlreadyExists,
+            Self::SaleExists(_) => Code::AlreadyExists,
+            Self::KeyReused => Code::InvalidArgument,
+            Self::PurchaseFailed { .. } => Code::FailedPrecondition,
             Self::SoldOut { .. } | Self::UserLimit(_) | Self::Overloaded(_) => {
                 Code::ResourceExhausted
             }
@@ -142,7 +156,9 @@ impl IntoStatus for Error {
                     R::Redis(_) => Code::Unavailable,
                 }
             }
-            Self::QueueUnavailable(_) | Self::Database(_) => Code::Unavailable,
+            Self::QueueUnavailable(_) | Self::Database(_) | Self::StockUnavailable(_) => {
+                Code::Unavailable
+            }
             Self::Upstream(status) => status.code(),
             Self::Config(_) => Code::Internal,
         }
@@ -160,8 +176,10 @@ impl IntoStatus for Error {
             Self::UserLimit(_) => "USER_LIMIT",
             Self::NotActive(_) => "SALE_NOT_ACTIVE",
             Self::Overloaded(_) => "OVERLOADED",
-            Self::Duplicate { .. } => "DUPLICATE",
+            Self::PurchaseFailed { .. } => "PURCHASE_FAILED",
+            Self::KeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::QueueUnavailable(_) => "QUEUE_UNAVAILABLE",
+            Self::StockUnavailable(_) => "STOCK_UNAVAILABLE",
             Self::StreamNotDrained { .. } => "STREAM_NOT_DRAINED",
             Self::Database(_) => "POSTGRES_UNAVAILABLE",
             Self::NoWaitingRoom(_) => "NO_WAITING_ROOM",
@@ -193,6 +211,7 @@ impl IntoStatus for Error {
             Self::SoldOut { retry_after, .. } => Some(*retry_after),
             Self::Overloaded(_)
             | Self::QueueUnavailable(_)
+            | Self::StockUnavailable(_)
             | Self::Database(_)
             | Self::StreamNotDrained { .. } => Some(Duration::from_secs(1)),
             Self::Queue(flashsale_limiter::waiting_room::RoomError::Redis(_)) => {
@@ -204,7 +223,7 @@ impl IntoStatus for Error {
 
     fn details(&self) -> Vec<(&'static str, String)> {
         match self {
-            Self::Duplicate { order_id } => vec![("order_id", order_id.clone())],
+            Self::PurchaseFailed { order_id } => vec![("order_id", order_id.clone())],
             Self::InvalidArgument { field, .. } => vec![("field", (*field).to_owned())],
             Self::InvalidId(e) => vec![("field", e.field.to_owned())],
             Self::SoldOut { sale_id, .. }

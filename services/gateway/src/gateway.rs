@@ -4,7 +4,15 @@
 //! Purchase: the local sold-out flag answers first (memory, no network); then the sale's
 //! admission stack (a tower concurrency limit behind a load shedder) sheds what exceeds the
 //! in-flight bound; then `Inventory.Reserve`, then the JetStream publish keyed on the
-//! reservation id; a publish that fails releases the reservation and answers UNAVAILABLE.
+//! reservation id, then `Inventory.MarkQueued` (from then on only the order's lifecycle frees
+//! the unit), then the answer. A publish that fails releases the reservation (only the attempt
+//! that made it) and answers UNAVAILABLE.
+//!
+//! Idempotency keys (per sale and buyer) name one purchase: a repeat with the same quantity
+//! gets the original answer whatever happened since (the order may have been paid or
+//! expired: the order id tells); a repeat while the first attempt is still held publishes
+//! again; a key whose purchase did not go through is spent (`PURCHASE_FAILED`); the same key
+//! with another quantity is `INVALID_ARGUMENT IDEMPOTENCY_KEY_REUSED`.
 
 use std::{
     sync::{
@@ -287,10 +295,7 @@ impl Gateway {
             request.quantity
         };
         if self.sold_out_in_memory(&request.sale_id) {
-            return Err(Error::SoldOut {
-                sale_id: request.sale_id,
-                retry_after: self.inner.config.sold_out_ttl.max(Duration::from_secs(1)),
-            });
+            return Err(self.sold_out(&request.sale_id));
         }
         let sale = Arc::new(self.sale(&request.sale_id).await?);
         if crate::sales::room_settings(&sale).is_some() {
@@ -330,7 +335,50 @@ impl Gateway {
         }
     }
 
+    /// Reserve, publish, mark queued, answer (see the module docs). The buyer hears
+    /// "accepted" only once the inventory knows the stream holds the order event, so no expiry
+    /// and no compensation can free the unit of an accepted purchase.
     async fn reserve_and_publish(&self, job: Job) -> Result<pb::PurchaseAccepted, Error> {
+        let sale = &job.sale;
+        let (reservation, duplicate) = self.reserve(&job).await?;
+        let accepted = accepted_answer(sale, &reservation, duplicate);
+        if duplicate {
+            match replay(&reservation) {
+                Replay::Answer => return Ok(accepted),
+                Replay::Failed => {
+                    return Err(Error::PurchaseFailed {
+                        order_id: reservation.reservation_id,
+                    });
+                }
+                // The first attempt may have died before its publish, or be publishing now:
+                // publish again (JetStream and the consumer drop the copy).
+                Replay::Publish => {}
+            }
+        }
+        let event = order_event(sale, &job.user_id, &reservation, &accepted);
+        if let Err(publish_error) = flashsale_orders::stream::publish_order(
+            &self.inner.js,
+            &self.inner.stream.subject_prefix,
+            &event,
+        )
+        .await
+        {
+            crate::metrics::backend_error("nats");
+            // Only the attempt that made the reservation compensates: a retry's failed publish
+            // says nothing of the first attempt's, which may have reached the stream. A hold
+            // nobody queued expires by itself.
+            if !duplicate {
+                self.compensate(&sale.sale_id, &event.order_id, &publish_error)
+                    .await;
+            }
+            return Err(Error::QueueUnavailable(publish_error.to_string()));
+        }
+        self.mark_queued(&sale.sale_id, &event.order_id).await?;
+        Ok(accepted)
+    }
+
+    /// `Inventory.Reserve`; every outcome but a reservation becomes the buyer's refusal.
+    async fn reserve(&self, job: &Job) -> Result<(pb::Reservation, bool), Error> {
         let sale = &job.sale;
         let reserved = self
             .inner
@@ -344,7 +392,9 @@ impl Gateway {
             })
             .await
             .map_err(|status| match status.code() {
-                tonic::Code::NotFound => Error::SaleNotFound(sale.sale_id.clone()),
+                // The sale is in Postgres (it was just read) but not in Redis: lost with a
+                // Redis restart, not yet restored. Not a refusal: nothing was decided.
+                tonic::Code::NotFound => Error::StockUnavailable(sale.sale_id.clone()),
                 _ => Error::Upstream(status),
             })?
             .into_inner();
@@ -353,10 +403,7 @@ impl Gateway {
             Ok(pb::ReserveOutcome::Reserved) => {}
             Ok(pb::ReserveOutcome::SoldOut) => {
                 self.close_room(sale).await;
-                return Err(Error::SoldOut {
-                    sale_id: sale.sale_id.clone(),
-                    retry_after: self.inner.config.sold_out_ttl.max(Duration::from_secs(1)),
-                });
+                return Err(self.sold_out(&sale.sale_id));
             }
             Ok(pb::ReserveOutcome::UserLimit) => {
                 return Err(Error::UserLimit(sale.sale_id.clone()));
@@ -364,6 +411,7 @@ impl Gateway {
             Ok(pb::ReserveOutcome::NotActive) => {
                 return Err(Error::NotActive(sale.sale_id.clone()));
             }
+            Ok(pb::ReserveOutcome::KeyReused) => return Err(Error::KeyReused),
             _ => {
                 return Err(Error::invalid(
                     "quantity",
@@ -374,73 +422,57 @@ impl Gateway {
         let reservation = reserved.reservation.ok_or_else(|| {
             Error::Upstream(tonic::Status::internal("RESERVED without a reservation"))
         })?;
-        let created = reservation
-            .created_at
-            .as_ref()
-            .and_then(unix_ms)
-            .unwrap_or_default();
-        let pay_deadline = created + sale.payment_window_ms;
-        let accepted = pb::PurchaseAccepted {
-            order_id: reservation.reservation_id.clone(),
-            status: pb::OrderStatus::PendingPayment as i32,
-            pay_deadline: Some(timestamp(pay_deadline)),
-            quantity: reservation.quantity,
-            amount_minor: sale.unit_price_minor * i64::from(reservation.quantity),
-            duplicate: reserved.duplicate,
-        };
-        let state = pb::ReservationState::try_from(reservation.state).unwrap_or_default();
-        if reserved.duplicate {
-            match state {
-                // The first attempt may have died before its publish: publish again (JetStream
-                // and the consumer drop the copy if the first one got through).
-                pb::ReservationState::Held => {}
-                pb::ReservationState::Committed => return Ok(accepted),
-                _ => {
-                    return Err(Error::Duplicate {
-                        order_id: reservation.reservation_id,
-                    });
-                }
-            }
+        Ok((reservation, reserved.duplicate))
+    }
+
+    fn sold_out(&self, sale_id: &str) -> Error {
+        Error::SoldOut {
+            sale_id: sale_id.to_owned(),
+            retry_after: self.inner.config.sold_out_ttl.max(Duration::from_secs(1)),
         }
-        let event = pb::OrderRequested {
-            order_id: reservation.reservation_id.clone(),
-            sale_id: sale.sale_id.clone(),
-            user_id: job.user_id.clone(),
-            quantity: reservation.quantity,
-            unit_price_minor: sale.unit_price_minor,
-            currency: sale.currency.clone(),
-            requested_at: Some(timestamp(created)),
-            pay_deadline: Some(timestamp(pay_deadline)),
-            idempotency_key: reservation.idempotency_key.clone(),
-        };
-        match flashsale_orders::stream::publish_order(
-            &self.inner.js,
-            &self.inner.stream.subject_prefix,
-            &event,
-        )
-        .await
-        {
-            Ok(_) => Ok(accepted),
-            Err(publish_error) => {
-                crate::metrics::backend_error("nats");
-                tracing::warn!(order_id = %event.order_id, error = %publish_error, "publish failed; releasing the reservation");
-                let released = self
-                    .inner
-                    .inventory
-                    .clone()
-                    .release(pb::ReleaseRequest {
-                        sale_id: sale.sale_id.clone(),
-                        reservation_id: event.order_id.clone(),
-                        reason: pb::ReleaseReason::PublishFailed as i32,
-                    })
-                    .await;
-                if let Err(e) = released {
-                    // The hold expires by itself; the sweeper returns the units.
-                    tracing::warn!(order_id = %event.order_id, error = %e, "compensating release failed; the hold will expire");
-                }
-                Err(Error::QueueUnavailable(publish_error.to_string()))
-            }
+    }
+
+    /// The publish failed: return the units (`Release(PUBLISH_FAILED)`). The inventory
+    /// refuses it for a reservation a retry has queued meanwhile.
+    async fn compensate(&self, sale_id: &str, order_id: &str, error: &impl std::fmt::Display) {
+        tracing::warn!(order_id, %error, "publish failed; releasing the reservation");
+        let released = self
+            .inner
+            .inventory
+            .clone()
+            .release(pb::ReleaseRequest {
+                sale_id: sale_id.to_owned(),
+                reservation_id: order_id.to_owned(),
+                reason: pb::ReleaseReason::PublishFailed as i32,
+            })
+            .await;
+        if let Err(e) = released {
+            // The hold expires by itself; the sweeper returns the units.
+            tracing::warn!(order_id, error = %e, "compensating release failed; the hold will expire");
         }
+    }
+
+    /// `Inventory.MarkQueued`: the stream holds the event. When the mark fails (the hold had
+    /// passed and its units went to others, or Redis is away) the outcome is unknown, not a
+    /// refusal: the event is in the stream, and its order is honoured if stock comes back or a
+    /// repair admits it. The buyer hears UNAVAILABLE and may retry with the same key.
+    async fn mark_queued(&self, sale_id: &str, order_id: &str) -> Result<(), Error> {
+        self.inner
+            .inventory
+            .clone()
+            .mark_queued(pb::MarkQueuedRequest {
+                sale_id: sale_id.to_owned(),
+                reservation_id: order_id.to_owned(),
+            })
+            .await
+            .map(drop)
+            .map_err(|status| {
+                tracing::warn!(order_id, error = %status, "queued but not marked");
+                Error::QueueUnavailable(format!(
+                    "the purchase could not be confirmed: {}",
+                    status.message()
+                ))
+            })
     }
 
     /// A sale and its stock, for buyers.
@@ -595,5 +627,77 @@ impl Gateway {
             sales,
             next_page_token,
         })
+    }
+}
+
+/// What a repeated idempotency key gets, from the state of the reservation it made.
+#[derive(Debug, PartialEq, Eq)]
+enum Replay {
+    /// The original answer: the purchase was accepted (its order is queued, written, paid, or
+    /// ended by its own lifecycle).
+    Answer,
+    /// The reservation is held but not known to be queued: publish (again) and mark it.
+    Publish,
+    /// The reservation was released before its order was queued (its publish failed, or its
+    /// hold passed unqueued): the purchase was not confirmed, and the key is spent.
+    Failed,
+}
+
+fn replay(reservation: &pb::Reservation) -> Replay {
+    use pb::{ReleaseReason as Why, ReservationState as State};
+    match State::try_from(reservation.state).unwrap_or_default() {
+        State::Held if !reservation.queued => Replay::Publish,
+        State::Released if !reservation.queued => {
+            match Why::try_from(reservation.release_reason).unwrap_or_default() {
+                Why::ReservationExpired | Why::PublishFailed => Replay::Failed,
+                _ => Replay::Answer,
+            }
+        }
+        _ => Replay::Answer,
+    }
+}
+
+/// The answer a buyer gets for `reservation`, the same for every replay of its key.
+fn accepted_answer(
+    sale: &sales::Model,
+    reservation: &pb::Reservation,
+    duplicate: bool,
+) -> pb::PurchaseAccepted {
+    let created = created_ms(reservation);
+    pb::PurchaseAccepted {
+        order_id: reservation.reservation_id.clone(),
+        status: pb::OrderStatus::PendingPayment as i32,
+        pay_deadline: Some(timestamp(created + sale.payment_window_ms)),
+        quantity: reservation.quantity,
+        amount_minor: sale.unit_price_minor * i64::from(reservation.quantity),
+        duplicate,
+    }
+}
+
+fn created_ms(reservation: &pb::Reservation) -> i64 {
+    reservation
+        .created_at
+        .as_ref()
+        .and_then(unix_ms)
+        .unwrap_or_default()
+}
+
+/// The order event for an accepted reservation.
+fn order_event(
+    sale: &sales::Model,
+    user_id: &str,
+    reservation: &pb::Reservation,
+    accepted: &pb::PurchaseAccepted,
+) -> pb::OrderRequested {
+    pb::OrderRequested {
+        order_id: reservation.reservation_id.clone(),
+        sale_id: sale.sale_id.clone(),
+        user_id: user_id.to_owned(),
+        quantity: reservation.quantity,
+        unit_price_minor: sale.unit_price_minor,
+        currency: sale.currency.clone(),
+        requested_at: Some(timestamp(created_ms(reservation))),
+        pay_deadline: accepted.pay_deadline,
+        idempotency_key: reservation.idempotency_key.clone(),
     }
 }

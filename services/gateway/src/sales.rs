@@ -159,6 +159,21 @@ pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
             "must be within 0..=10^12",
         ));
     }
+    // The largest order one buyer can make must have an amount the orders can hold.
+    if sale
+        .unit_price_minor
+        .checked_mul(i64::from(sale.per_user_limit))
+        .is_none()
+    {
+        return Err(Error::invalid(
+            "unit_price_minor",
+            format!(
+                "times per_user_limit ({}) overflows the order amount (at most {})",
+                sale.per_user_limit,
+                i64::MAX
+            ),
+        ));
+    }
     if sale.currency.len() != 3 || !sale.currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(Error::invalid(
             "currency",

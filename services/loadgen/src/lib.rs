@@ -181,6 +181,8 @@ pub struct Report {
     pub duplicates_answered: u64,
     /// Refusals by reason (`SOLD_OUT`, `USER_LIMIT`, `RATE_LIMITED`, ...).
     pub rejected: BTreeMap<String, u64>,
+    /// Answers the buyers retried (UNAVAILABLE and the like), by reason.
+    pub retried: BTreeMap<String, u64>,
     /// Attempts made (retries not counted).
     pub attempts: u64,
     /// Wall time of the run.
@@ -225,6 +227,8 @@ struct Buyers {
     signer: Signer,
     tokens: Mutex<HashMap<u32, String>>,
     room: Option<queue::Room>,
+    /// Answers that were retried, by reason.
+    retried: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Buyers {
@@ -360,6 +364,7 @@ pub async fn run(
         room: scenario
             .waiting_room
             .then(|| queue::Room::new(started, scenario.queue_patience, scenario.retries)),
+        retried: Mutex::new(BTreeMap::new()),
     });
     let (quantity, retries) = (scenario.quantity, scenario.retries);
     // (completed at, latency, answer)
@@ -432,6 +437,11 @@ pub async fn run(
         accepted: Vec::new(),
         duplicates_answered: 0,
         rejected: BTreeMap::new(),
+        retried: buyers
+            .retried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
         attempts: u64::from(scenario.attempts),
         elapsed: started.elapsed(),
         histogram: histogram(),
@@ -539,6 +549,12 @@ async fn attempt(
                     || (reason == "RATE_LIMITED" && tries == 0);
                 if retryable && tries < retries {
                     tries += 1;
+                    *buyers
+                        .retried
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(reason)
+                        .or_default() += 1;
                     let pause = retry_after_of(&status)
                         .unwrap_or(Duration::from_millis(20))
                         .min(Duration::from_millis(50));

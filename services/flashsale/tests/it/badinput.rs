@@ -839,6 +839,21 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
         false,
         cases,
     );
+    let mark = |sale_id: String, reservation_id: String| {
+        enc(pb::MarkQueuedRequest {
+            sale_id,
+            reservation_id,
+        })
+    };
+    let mut cases = sale_id_cases(&|id| mark(id, "r".into()));
+    cases.extend(id_cases(Code::NotFound, &|id| mark(sid.clone(), id)));
+    rpc(
+        "/flashsale.v1.Inventory/MarkQueued",
+        p.inventory,
+        Caller::Service,
+        false,
+        cases,
+    );
     let release = |sale_id: String, reservation_id: String, reason: i32| {
         enc(pb::ReleaseRequest {
             sale_id,
@@ -901,6 +916,7 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
         created_at: Some(timestamp(now)),
         expires_at: Some(timestamp(now + 60_000)),
         idempotency_key: String::new(),
+        ..pb::Reservation::default()
     };
     cases.extend([
         (
@@ -1090,7 +1106,7 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
     let paths: std::collections::HashSet<&str> = rpcs.iter().map(|r| r.path).collect();
     assert_eq!(
         paths.len(),
-        28,
+        29,
         "every RPC of every service is in the table"
     );
     assert!(

@@ -7,6 +7,7 @@ mod config;
 mod deploy;
 
 mod e2e;
+mod findings;
 mod mesh;
 mod migrate;
 mod observability;
@@ -98,11 +99,12 @@ impl Running {
     }
 
     fn terminate(&self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("SIGTERM sent");
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), signal)
+            .expect("signal sent");
     }
 
     /// Waits for exit up to `limit`; `None` if still running.

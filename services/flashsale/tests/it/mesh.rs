@@ -60,6 +60,22 @@ impl Nats {
         }
     }
 
+    /// SIGKILLs the one server (a single-node mesh only).
+    pub(crate) fn kill(&mut self) {
+        match self {
+            Nats::Single(server) => server.kill(),
+            Nats::Cluster(_) => panic!("kill a node of the cluster instead"),
+        }
+    }
+
+    /// Restarts the one server on its port and store (a single-node mesh only).
+    pub(crate) async fn restart(&mut self) {
+        match self {
+            Nats::Single(server) => server.restart().await.unwrap(),
+            Nats::Cluster(_) => panic!("restart a node of the cluster instead"),
+        }
+    }
+
     /// Thaws every node.
     pub(crate) fn resume(&self) {
         match self {
@@ -299,6 +315,26 @@ upstream = "http://127.0.0.1:{gw}"
             let _ = process.0.kill();
             let _ = process.0.wait();
         }
+    }
+
+    /// Freezes one component (SIGSTOP): its connections stay open and nothing answers.
+    pub(crate) fn pause(&self, component: &'static str) {
+        self.process(component)
+            .signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Thaws a component frozen by [`Self::pause`].
+    pub(crate) fn resume(&self, component: &'static str) {
+        self.process(component)
+            .signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn process(&self, component: &'static str) -> &Running {
+        self.processes
+            .iter()
+            .find(|(name, _)| *name == component)
+            .map(|(_, process)| process)
+            .expect("the component runs")
     }
 
     /// SIGTERMs one component and waits (up to `limit`) for it to drain and exit.

@@ -1,0 +1,265 @@
+//! The review's findings on partial failure, one test each on the real mesh, named by the
+//! finding's number (`-E 'test(/finding_/)'` runs them, with those of the other crates): a
+//! retry that overlaps its original, a stream that is away while a buyer retries, Postgres
+//! away for longer than a reservation hold, idempotency keys that mislead, sales whose amounts
+//! overflow. Each failed on the code before its fix.
+
+use std::time::{Duration, Instant};
+
+use flashsale_proto::{
+    time::{duration, timestamp},
+    v1::{
+        self as pb, flash_sale_client::FlashSaleClient, inventory_client::InventoryClient,
+        sale_admin_client::SaleAdminClient,
+    },
+};
+use flashsale_runtime::status::reason_of;
+
+use crate::{
+    e2e::{authorized, create_sale_with},
+    mesh::{Extra, Mesh},
+};
+
+/// One purchase of one unit straight at the gateway, as `user` with idempotency key `key`.
+async fn buy(
+    mesh: &Mesh,
+    sale: &pb::Sale,
+    user: &str,
+    key: &str,
+) -> Result<pb::PurchaseAccepted, tonic::Status> {
+    buy_units(mesh, sale, user, key, 1).await
+}
+
+/// [`buy`] of `quantity` units.
+async fn buy_units(
+    mesh: &Mesh,
+    sale: &pb::Sale,
+    user: &str,
+    key: &str,
+    quantity: u32,
+) -> Result<pb::PurchaseAccepted, tonic::Status> {
+    let token = mesh.signer().token(user, false, Duration::from_secs(600));
+    let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.gateway).await);
+    client
+        .purchase(authorized(
+            pb::PurchaseRequest {
+                sale_id: sale.sale_id.clone(),
+                quantity,
+                idempotency_key: key.to_owned(),
+                purchase_token: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The order's status in Postgres, waiting up to `limit` for it to be written.
+async fn order_status(mesh: &Mesh, order_id: &str, limit: Duration) -> Option<String> {
+    let store = mesh.store().await;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(order) = store.order(order_id).await {
+            return Some(format!("{:?}", order.status));
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The sale's stock as the inventory counts it.
+async fn stock(mesh: &Mesh, sale: &pb::Sale) -> pb::StockLevel {
+    InventoryClient::new(mesh.channel(mesh.ports.inventory).await)
+        .get_stock(pb::GetStockRequest {
+            sale_id: sale.sale_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Finding 1: the buyer of the only unit is told accepted; the order consumer is paused, so the
+/// order is not written yet. The stream goes away and the buyer retries with the same key. The
+/// retry must not free the unit (its event is in the stream): another buyer must keep hearing
+/// SOLD_OUT, and the first buyer's order must end pending payment, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_01_a_retry_that_cannot_publish_never_frees_an_accepted_unit() {
+    let mesh = Mesh::start("finding 1").await;
+    let sale = create_sale_with(&mesh, 1, 1, 120_000, |_| {}).await;
+    mesh.pause("order-consumer");
+
+    let first = buy(&mesh, &sale, "alice", "key-1")
+        .await
+        .expect("alice buys the only unit");
+    // Past the gateway's sold-out memory, so the retry reaches the inventory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mesh.nats.pause();
+    let retry = buy(&mesh, &sale, "alice", "key-1").await;
+    mesh.nats.resume();
+    if let Ok(again) = &retry {
+        assert_eq!(
+            again.order_id, first.order_id,
+            "a retry is the same purchase"
+        );
+    }
+
+    // Long enough for a freed unit to be seen: past the sold-out cache and the signal delay.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match buy(&mesh, &sale, "bob", &format!("bob-{:?}", Instant::now())).await {
+            Ok(sold) => panic!("the unit was sold twice: bob got order {}", sold.order_id),
+            Err(status) => assert_eq!(
+                reason_of(&status).as_deref(),
+                Some("SOLD_OUT"),
+                "bob: {status:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    mesh.resume("order-consumer");
+    assert_eq!(
+        order_status(&mesh, &first.order_id, Duration::from_secs(20))
+            .await
+            .as_deref(),
+        Some("PendingPayment"),
+        "alice's accepted order"
+    );
+    let level = stock(&mesh, &sale).await;
+    assert_eq!((level.available, level.held), (0, 1), "{level:?}");
+}
+
+/// Finding 10: Postgres is stopped for three reservation holds while buyers are accepted. The
+/// accepted purchases wait in the stream; their units must stay theirs until their orders are
+/// written, and buyers arriving after the holds passed must hear SOLD_OUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_10_postgres_away_for_three_holds_loses_no_accepted_order() {
+    let extra = Extra {
+        // The gateway keeps the sale row across the outage (it reads it from Postgres).
+        env: vec![("FLASHSALE_GATEWAY__SALE_CACHE_TTL".into(), "120s".into())],
+        ..Extra::default()
+    };
+    let mut mesh = Mesh::start_with("finding 10", extra).await;
+    let hold = Duration::from_secs(2);
+    let sale = create_sale_with(&mesh, 10, 1, 120_000, |sale| {
+        sale.reservation_hold = Some(duration(hold.as_millis() as u64));
+    })
+    .await;
+
+    let mut accepted = vec![
+        buy(&mesh, &sale, "early-0", "k")
+            .await
+            .expect("the first buyer"),
+    ];
+    mesh.pg.kill();
+    for i in 1..10 {
+        let user = format!("early-{i}");
+        accepted.push(buy(&mesh, &sale, &user, "k").await.expect("accepted"));
+    }
+    tokio::time::sleep(hold * 3).await;
+    for i in 0..10 {
+        let user = format!("late-{i}");
+        if let Ok(sold) = buy(&mesh, &sale, &user, "k").await {
+            panic!(
+                "{user} bought a unit already sold to an accepted buyer: {}",
+                sold.order_id
+            );
+        }
+    }
+    mesh.pg.restart().await.unwrap();
+
+    for purchase in &accepted {
+        assert_eq!(
+            order_status(&mesh, &purchase.order_id, Duration::from_secs(30))
+                .await
+                .as_deref(),
+            Some("PendingPayment"),
+            "accepted order {}",
+            purchase.order_id
+        );
+    }
+    let level = stock(&mesh, &sale).await;
+    assert_eq!((level.available, level.held), (0, 10), "{level:?}");
+}
+
+/// Finding 7: an idempotency key names one purchase. The same key for another quantity is a
+/// clear error, not the original answer in silence; a key whose purchase did not go through
+/// (the stream was down, the reservation released) is answered PURCHASE_FAILED, not
+/// ALREADY_EXISTS with an order that will never exist; an accepted key gets its original answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_07_a_repeated_key_gets_the_truth_about_its_purchase() {
+    let mut mesh = Mesh::start("finding 7").await;
+    let sale = create_sale_with(&mesh, 10, 2, 120_000, |_| {}).await;
+
+    let first = buy(&mesh, &sale, "alice", "key-1").await.expect("accepted");
+    let again = buy(&mesh, &sale, "alice", "key-1").await.expect("replayed");
+    assert_eq!(
+        (again.order_id.as_str(), again.duplicate),
+        (first.order_id.as_str(), true)
+    );
+    let other_quantity = buy_units(&mesh, &sale, "alice", "key-1", 2)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        other_quantity.code(),
+        tonic::Code::InvalidArgument,
+        "{other_quantity:?}"
+    );
+    assert_eq!(
+        reason_of(&other_quantity).as_deref(),
+        Some("IDEMPOTENCY_KEY_REUSED")
+    );
+
+    mesh.nats.kill();
+    let failed = buy(&mesh, &sale, "bob", "key-2").await.unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+    mesh.nats.restart().await;
+    let retried = buy(&mesh, &sale, "bob", "key-2").await.unwrap_err();
+    assert_eq!(
+        retried.code(),
+        tonic::Code::FailedPrecondition,
+        "{retried:?}"
+    );
+    assert_eq!(reason_of(&retried).as_deref(), Some("PURCHASE_FAILED"));
+    let fresh = buy(&mesh, &sale, "bob", "key-3")
+        .await
+        .expect("a new key buys");
+    assert_ne!(fresh.order_id, first.order_id);
+}
+
+/// Finding 8: price × the most units one buyer may take must fit the order amount; a sale whose
+/// largest order would overflow is refused at creation (it used to be created, and its
+/// accepted orders then dead-lettered in the consumer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_08_a_sale_whose_amount_would_overflow_is_refused() {
+    let mesh = Mesh::start("finding 8").await;
+    let mut admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
+    let token = mesh
+        .signer()
+        .token("operator", true, Duration::from_secs(600));
+    let now = flashsale_proto::time::now_ms();
+    let sale = pb::Sale {
+        name: "overflow".into(),
+        stock: 10_000_000,
+        per_user_limit: 10_000_000,
+        unit_price_minor: 1_000_000_000_000,
+        currency: "CNY".into(),
+        starts_at: Some(timestamp(now - 1_000)),
+        ends_at: Some(timestamp(now + 3_600_000)),
+        ..pb::Sale::default()
+    };
+    let refused = admin
+        .create_sale(authorized(
+            pb::CreateSaleRequest { sale: Some(sale) },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("unit_price_minor"),
+        "{refused:?}"
+    );
+}
