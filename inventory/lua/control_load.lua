@@ -7,8 +7,11 @@
 local total, limit, starts, ends, hold, buckets, batch = tonumber(ARGV[1]), tonumber(ARGV[2]),
   tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- Signals are numbered from the Redis clock (microseconds), as in common.lua.
+  local t = redis.call('TIME')
   redis.call('HSET', KEYS[1], 'total', total, 'limit', limit, 'starts', starts, 'ends', ends,
-    'hold', hold, 'buckets', buckets, 'batch', batch, 'pool', total, 'sigseq', 0)
+    'hold', hold, 'buckets', buckets, 'batch', batch, 'pool', total,
+    'sigseq', tonumber(t[1]) * 1000000 + tonumber(t[2]))
   return {'CREATED', total, total}
 end
 local s = redis.call('HMGET', KEYS[1], 'total', 'buckets', 'pool')

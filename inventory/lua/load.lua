@@ -6,7 +6,7 @@ local total, limit, starts, ends, hold =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if redis.call('EXISTS', SALE) == 0 then
   redis.call('HSET', SALE, 'total', total, 'limit', limit, 'starts', starts, 'ends', ends,
-    'hold', hold, 'available', total, 'held', 0, 'sold', 0, 'sigseq', 0)
+    'hold', hold, 'available', total, 'held', 0, 'sold', 0, 'sigseq', first_signal())
   return {'CREATED', total, total, 0, 0}
 end
 local buckets = redis.call('HGET', SALE, 'buckets')

@@ -4,7 +4,9 @@
 -- ARGV: total, limit, starts, ends, hold, then 7 per reservation:
 --       id, user, quantity, state (COMMITTED | CONFIRMED), created, expires, idempotency key
 -- total -1 fits a stock bucket to exactly its reservations (see buckets in the crate docs).
--- Reply: {'OK' | 'OVERSOLD', total, available, held, sold}; OVERSOLD changes nothing.
+-- Reply: {'OK' | 'OVERSOLD', total, available, held, sold, seq}; OVERSOLD changes nothing.
+-- seq numbers the stock signal the caller sends for the rebuilt sale (gateways learn at once
+-- whether its stock is back; a sale Redis had lost numbers from the clock, see common.lua).
 local total, limit, starts, ends, hold =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local records, given = {}, {}

@@ -117,7 +117,11 @@ impl Inventory {
             .with_connection_config(|c| {
                 c.connection_timeout = timeout.max(Duration::from_millis(250));
                 c.internal_command_timeout = timeout.max(Duration::from_millis(250));
-                c.max_command_attempts = 2;
+                // Never re-sent by the client: a script that ran and lost its reply (the
+                // connection dropped) would run twice, and Reserve without an idempotency
+                // key, or Give, is not safe to repeat. The caller hears an error; retries
+                // are the caller's, with an idempotency key.
+                c.max_command_attempts = 1;
                 c.tcp = TcpConfig {
                     nodelay: Some(true),
                     ..Default::default()
@@ -1040,7 +1044,11 @@ impl Inventory {
             return self.rebuild_bucketed(spec, reservations).await;
         }
         let args = rebuild_args(spec, spec.stock as i64, reservations)?;
-        self.finish_rebuild(spec, &spec.sale_id, args).await
+        let (stock, seq) = self.finish_rebuild(spec, &spec.sale_id, args).await?;
+        // Gateways learn at once whether the rebuilt sale has stock.
+        self.publish_signal(&spec.sale_id, stock.available == 0, stock.available, seq)
+            .await;
+        Ok(stock)
     }
 
     /// [`Self::rebuild`] of a bucketed sale, bucket by bucket (each reservation id names its
@@ -1079,7 +1087,7 @@ impl Inventory {
         let mut given = 0;
         for (k, args) in args.into_iter().enumerate() {
             let tag = buckets::bucket_tag(&spec.sale_id, k as u32, n);
-            given += self.finish_rebuild(spec, &tag, args).await?.total;
+            given += self.finish_rebuild(spec, &tag, args).await?.0.total;
         }
         let tags = std::iter::once(spec.sale_id.clone())
             .chain((0..n).map(|k| buckets::bucket_tag(&spec.sale_id, k, n)));
@@ -1100,7 +1108,12 @@ impl Inventory {
                 .hset::<i64, _, _>(buckets::hash_key(&spec.sale_id), ("pool", pool as i64)),
         )
         .await?;
-        self.stock(&spec.sale_id).await
+        let stock = self.stock(&spec.sale_id).await?;
+        // A bucketed sale announces stock that is back (its sold-out comes from Reserve).
+        if stock.available > 0 {
+            self.signal(&spec.sale_id, n, 0, stock.available, 0).await;
+        }
+        Ok(stock)
     }
 
     async fn finish_rebuild(

@@ -27,6 +27,9 @@ pub struct SweepReport {
     pub sales: usize,
     /// Reservations released.
     pub released: usize,
+    /// Sales whose sweep failed this pass (logged; the next pass tries them again). One sale
+    /// failing never keeps the others from being swept.
+    pub failed: usize,
 }
 
 /// Runs one pass over every loaded sale.
@@ -34,22 +37,39 @@ pub async fn sweep_once(inventory: &Inventory, batch: u32) -> Result<SweepReport
     let mut report = SweepReport::default();
     for sale_id in inventory.sales().await? {
         report.sales += 1;
-        loop {
-            let expired = inventory.expire_due(&sale_id, batch).await?;
-            report.released += expired.released.len();
-            if expired.finished {
-                inventory.forget_finished(&sale_id).await?;
-                crate::metrics::forget(&sale_id);
+        match sweep_sale(inventory, &sale_id, batch).await {
+            Ok(released) => report.released += released,
+            Err(e) => {
+                report.failed += 1;
+                tracing::warn!(sale_id, error = %e, "sweeping a sale failed; the others go on");
             }
-            if expired.released.len() < batch as usize {
-                break;
-            }
-        }
-        if let Ok(level) = inventory.stock(&sale_id).await {
-            crate::metrics::stock(&sale_id, level);
         }
     }
     Ok(report)
+}
+
+/// Releases every due reservation of one sale, a batch at a time; returns how many.
+async fn sweep_sale(
+    inventory: &Inventory,
+    sale_id: &str,
+    batch: u32,
+) -> Result<usize, crate::Error> {
+    let mut released = 0;
+    loop {
+        let expired = inventory.expire_due(sale_id, batch).await?;
+        released += expired.released.len();
+        if expired.finished {
+            inventory.forget_finished(sale_id).await?;
+            crate::metrics::forget(sale_id);
+        }
+        if expired.released.len() < batch as usize {
+            break;
+        }
+    }
+    if let Ok(level) = inventory.stock(sale_id).await {
+        crate::metrics::stock(sale_id, level);
+    }
+    Ok(released)
 }
 
 /// Sweeps every `interval` until `shutdown`; errors are logged and the next pass retries.

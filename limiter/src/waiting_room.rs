@@ -209,6 +209,9 @@ impl WaitingRoom {
             .and_then(|c| {
                 Builder::from_config(c)
                     .with_performance_config(|p| p.default_command_timeout = config.command_timeout)
+                    // A room script that ran but lost its reply is never sent again by the
+                    // client (a spent token would be spent twice): the caller hears an error.
+                    .with_connection_config(|c| c.max_command_attempts = 1)
                     .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
                     .build_pool(config.pool_size)
             })

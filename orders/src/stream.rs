@@ -15,6 +15,7 @@ use async_nats::{
     jetstream::{self, consumer, stream},
 };
 use prost::Message;
+use std::time::Duration;
 
 use flashsale_proto::v1::{DeadLetter, OrderRequested};
 
@@ -229,7 +230,18 @@ pub async fn watch_max_deliveries(
                 flashsale_proto::time::now_ms(),
             )),
         };
-        dead_letter(&js, &config, letter).await?;
+        // The advisory is not sent again: the event is set aside, or it sits in the stream
+        // forever (max_deliver reached, never delivered again). Keep trying until shutdown.
+        let mut backoff = flashsale_runtime::backoff::Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+        );
+        while let Err(e) = dead_letter(&js, &config, letter.clone()).await {
+            tracing::warn!(sequence = advisory.stream_seq, error = %e, "dead-letter publish failed; retrying");
+            if !backoff.wait(&shutdown).await {
+                return Ok(());
+            }
+        }
         crate::metrics::dead_letter("delivered");
         if let Err(e) = orders.delete_message(advisory.stream_seq).await {
             tracing::warn!(sequence = advisory.stream_seq, error = %e, "dead-lettered event not removed");

@@ -5,6 +5,7 @@ mod cluster;
 mod expiry;
 mod grpc;
 mod lifecycle;
+mod partial;
 mod property;
 mod reserve;
 

@@ -110,30 +110,7 @@ async fn events_past_max_deliver_are_dead_lettered() {
     )
     .await;
 
-    // A consumer that keeps failing: receives, never acknowledges.
-    for _ in 0..2 {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1)
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .unwrap();
-        assert!(batch.next().await.is_some());
-        drop(batch);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    // The server notices the limit when it next tries to deliver, i.e. on the next pull.
-    let mut after = consumer
-        .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await
-        .unwrap();
-    while let Some(extra) = after.next().await {
-        assert!(extra.is_err(), "nothing is delivered a third time");
-    }
+    fail_twice(&consumer).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while h.dead_letters().await == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no dead letter");
@@ -147,6 +124,90 @@ async fn events_past_max_deliver_are_dead_lettered() {
     );
     assert_eq!(
         flashsale_proto::v1::OrderRequested::decode(letters[0].payload.as_slice()).unwrap(),
+        event
+    );
+    h.drained(Duration::from_secs(5)).await;
+    h.shutdown.trigger();
+    watcher.await.unwrap().unwrap();
+}
+
+/// A consumer that keeps failing: receives twice, never acknowledges; then the pull on which
+/// the server notices the limit (and sends the advisory).
+async fn fail_twice(consumer: &async_nats::jetstream::consumer::PullConsumer) {
+    for _ in 0..2 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        assert!(batch.next().await.is_some());
+        drop(batch);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut after = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    while let Some(extra) = after.next().await {
+        assert!(extra.is_err(), "nothing is delivered a third time");
+    }
+}
+
+/// Finding 9 (the max-deliveries watcher): a dead-letter publish that fails (the dead-letter
+/// stream is away) must neither end the watcher nor drop the event: JetStream sends the
+/// advisory once, and an event past `max_deliver` is never delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_09_a_failed_dead_letter_publish_is_retried_not_fatal() {
+    let h = harness().await;
+    let mut config = h.config.stream.clone();
+    config.max_deliver = 2;
+    config.backoff = vec![Duration::from_millis(200), Duration::from_millis(200)];
+    let consumer = flashsale_orders::stream::ensure(&h.js, &config)
+        .await
+        .unwrap();
+    h.js.delete_stream(&config.dead_letter_name).await.unwrap();
+    let watcher = tokio::spawn(flashsale_orders::stream::watch_max_deliveries(
+        h.js.clone(),
+        h.client.clone(),
+        config.clone(),
+        h.shutdown.child(),
+    ));
+    h.client.flush().await.unwrap();
+    let window = Duration::from_secs(900);
+    let sale = h.sale(10, 1, window).await;
+    let event = h.reserve(&sale, "a", window).await;
+    publish_all(
+        &h.js,
+        &config.subject_prefix,
+        std::slice::from_ref(&event),
+        1,
+    )
+    .await;
+    fail_twice(&consumer).await;
+
+    // The advisory has come and its publish failed; the dead-letter stream comes back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!watcher.is_finished(), "the watcher keeps running");
+    flashsale_orders::stream::ensure(&h.js, &config)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while h.dead_letters().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event was never set aside (watcher finished: {})",
+            watcher.is_finished()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        flashsale_proto::v1::OrderRequested::decode(dead_letters(&h).await[0].payload.as_slice())
+            .unwrap(),
         event
     );
     h.drained(Duration::from_secs(5)).await;
