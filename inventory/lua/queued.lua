@@ -3,10 +3,11 @@
 -- The gateway calls this before it tells the buyer "accepted".
 -- ARGV: reservation id
 -- HELD -> HELD, queued, out of the expiry set. Queued, COMMITTED or CONFIRMED: unchanged.
--- RELEASED because its hold passed or its publish was reported failed (the event got through
--- after all): taken again, queued, when stock and the buyer's limit allow (REVIVED), else
--- refused. Released for any other reason: refused.
--- Reply: reply(...) with status OK | UNCHANGED | REVIVED | REFUSED, or {'NOT_FOUND'} / {'NO_SALE'}.
+-- RELEASED (its hold passed, or a compensation ran, before the mark): refused, changing nothing.
+-- It is not taken again here: the order consumer's commit decides that reservation (it takes the
+-- units back when stock allows, else writes the order as lost), and a mark that revived it
+-- behind the consumer's back could accept an order already written as lost.
+-- Reply: reply(...) with status OK | UNCHANGED | REFUSED, or {'NOT_FOUND'} / {'NO_SALE'}.
 local rid = ARGV[1]
 if redis.call('EXISTS', SALE) == 0 then return {'NO_SALE'} end
 local rec = load_rec(rid)
@@ -21,16 +22,5 @@ if rec.s == 'HELD' and not queued(rec) then
 end
 if rec.s ~= 'RELEASED' then
   return reply('UNCHANGED', rid, rec, available, -1, 0)
-end
-if rec.r == 'RESERVATION_EXPIRED' or rec.r == 'PUBLISH_FAILED' then
-  local limit = tonumber(redis.call('HGET', SALE, 'limit'))
-  local after, signal, seq = take_units(rec.u, rec.q, limit)
-  if after then
-    rec.s = 'HELD'
-    rec.r = ''
-    rec.p = 1
-    save_rec(rid, rec)
-    return reply('REVIVED', rid, rec, after, signal, seq)
-  end
 end
 return reply('REFUSED', rid, rec, available, -1, 0)

@@ -341,6 +341,18 @@ impl InventoryRpc for InventoryApi {
         Ok(Response::new(stock_pb(&spec.sale_id, &stock)))
     }
 
+    async fn key_fingerprints(
+        &self,
+        request: Request<pb::KeyFingerprintsRequest>,
+    ) -> Result<Response<pb::KeyFingerprintsResponse>, Status> {
+        let r = request.into_inner();
+        let found = self.inventory.key_fingerprints(&r.sale_id, r.limit).await?;
+        Ok(Response::new(pb::KeyFingerprintsResponse {
+            complete: found.is_some(),
+            fingerprints: found.unwrap_or_default(),
+        }))
+    }
+
     async fn get_stock(
         &self,
         request: Request<pb::GetStockRequest>,

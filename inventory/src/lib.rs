@@ -39,7 +39,7 @@ pub use config::Config;
 pub use error::Error;
 pub use model::{
     Audit, CommitOutcome, CommitResult, Outcome, ReleaseReason, Reservation, ReservationState,
-    ReserveRequest, Reserved, SaleSpec, StockLevel, Transition,
+    ReserveRequest, Reserved, SaleSpec, StockLevel, Transition, key_fingerprint,
 };
 pub use signal::{Signals, SoldOutFlags};
 pub use store::Inventory;

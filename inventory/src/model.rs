@@ -106,6 +106,22 @@ impl ReserveRequest {
     }
 }
 
+/// Most key fingerprints one call hands out (see [`key_fingerprint`]).
+pub const MAX_FINGERPRINTS: u32 = 1_000_000;
+
+/// The fingerprint of a buyer's idempotency key: the first 8 bytes (big-endian) of SHA-256 over
+/// `user_id`, a zero byte and `key`. Gateways compare fingerprints, not keys, so a sale's whole
+/// set fits in a few bytes per reservation; a collision only sends a buyer to the inventory.
+pub fn key_fingerprint(user_id: &str, key: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(user_id.as_bytes())
+        .chain_update([0u8])
+        .chain_update(key.as_bytes())
+        .finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("SHA-256 has 32 bytes"))
+}
+
 /// What a Reserve call decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -60,6 +60,18 @@ impl Signals {
 struct Flag {
     sold_out: bool,
     sequence: u64,
+    /// How many times the stock was seen coming back (sold out → not): what a gateway keys its
+    /// snapshots of a sold-out sale on (a snapshot from before the stock came back is stale).
+    episode: u64,
+}
+
+impl Flag {
+    fn set(&mut self, sold_out: bool) {
+        if self.sold_out && !sold_out {
+            self.episode += 1;
+        }
+        self.sold_out = sold_out;
+    }
 }
 
 /// A gateway's local view of which sales are sold out, fed by stock signals.
@@ -96,12 +108,11 @@ impl SoldOutFlags {
         let entry = flags.entry(signal.sale_id.clone()).or_insert(Flag {
             sold_out: signal.sold_out,
             sequence: 0,
+            episode: 0,
         });
         if signal.sequence >= entry.sequence {
-            *entry = Flag {
-                sold_out: signal.sold_out,
-                sequence: signal.sequence,
-            };
+            entry.set(signal.sold_out);
+            entry.sequence = signal.sequence;
         }
     }
 
@@ -110,11 +121,23 @@ impl SoldOutFlags {
         let mut flags = self.flags.write().unwrap_or_else(|e| e.into_inner());
         flags
             .entry(sale_id.to_owned())
-            .and_modify(|f| f.sold_out = sold_out)
+            .and_modify(|f| f.set(sold_out))
             .or_insert(Flag {
                 sold_out,
                 sequence: 0,
+                episode: 0,
             });
+    }
+
+    /// While the sale is sold out: which sold-out spell this is (it changes every time the
+    /// stock is seen coming back). `None` when the sale is not sold out.
+    pub fn sold_out_episode(&self, sale_id: &str) -> Option<u64> {
+        self.flags
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sale_id)
+            .filter(|f| f.sold_out)
+            .map(|f| f.episode)
     }
 
     /// True when the sale is known to be sold out.
@@ -152,5 +175,23 @@ mod tests {
         assert!(!flags.is_sold_out("s"), "signal 1 arrived late");
         flags.observe("s", true);
         assert!(flags.is_sold_out("s"));
+    }
+
+    #[test]
+    fn every_return_of_stock_starts_a_new_sold_out_spell() {
+        let flags = SoldOutFlags::default();
+        assert_eq!(flags.sold_out_episode("s"), None);
+        flags.apply(&signal(true, 1));
+        let first = flags.sold_out_episode("s").expect("sold out");
+        flags.observe("s", true);
+        assert_eq!(
+            flags.sold_out_episode("s"),
+            Some(first),
+            "still the same spell"
+        );
+        flags.observe("s", false);
+        assert_eq!(flags.sold_out_episode("s"), None);
+        flags.apply(&signal(true, 3));
+        assert_ne!(flags.sold_out_episode("s"), Some(first), "a new spell");
     }
 }

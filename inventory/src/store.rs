@@ -851,8 +851,8 @@ impl Inventory {
     }
 
     /// JetStream holds the reservation's order event: keep its units until the order decides
-    /// (no expiry, no compensation). A reservation released by its hold or a compensation is
-    /// taken again when stock and the buyer's limit allow; otherwise refused.
+    /// (no expiry, no compensation). A reservation already released is refused, unchanged
+    /// (the order consumer's commit decides it).
     pub async fn mark_queued(
         &self,
         sale_id: &str,
@@ -1272,19 +1272,54 @@ impl Inventory {
         parse_record(sale_id, reservation_id, &raw)
     }
 
-    /// Reads every counter and record of a sale and adds them up (for tests, benchmarks and
-    /// reconciliation; it reads the whole sale, so it is not for the hot path).
-    /// A bucketed sale's buckets are added up together.
-    pub async fn audit(&self, sale_id: &str) -> Result<Audit, Error> {
-        let stock = self.stock(sale_id).await?;
+    /// The fingerprints ([`crate::model::key_fingerprint`]) of every buyer's key that made a
+    /// reservation in the sale; `None` when there are more than `limit`.
+    pub async fn key_fingerprints(
+        &self,
+        sale_id: &str,
+        limit: u32,
+    ) -> Result<Option<Vec<u64>>, Error> {
+        flashsale_proto::rules::sale_id(sale_id)?;
+        if !(1..=crate::model::MAX_FINGERPRINTS).contains(&limit) {
+            return Err(Error::invalid(
+                "limit",
+                format!("{limit} is outside 1..={}", crate::model::MAX_FINGERPRINTS),
+            ));
+        }
+        let mut fingerprints = Vec::new();
+        for tag in self.tags(sale_id).await? {
+            let idem = &sale_keys(&tag)[2];
+            let count: u64 = self.command(self.inner.redis.hlen(idem)).await?;
+            if fingerprints.len() as u64 + count > u64::from(limit) {
+                return Ok(None);
+            }
+            let keys: Vec<String> = self.command(self.inner.redis.hkeys(idem)).await?;
+            fingerprints.extend(keys.iter().filter_map(|k| {
+                let (user, key) = k.split_once('\0')?;
+                Some(crate::model::key_fingerprint(user, key))
+            }));
+        }
+        Ok(Some(fingerprints))
+    }
+
+    /// Every hash tag holding the sale's reservations: the sale's own, or its buckets'.
+    async fn tags(&self, sale_id: &str) -> Result<Vec<String>, Error> {
         let layout = self.layout(sale_id).await?;
-        let tags: Vec<String> = if layout.buckets <= 1 {
+        Ok(if layout.buckets <= 1 {
             vec![sale_id.to_owned()]
         } else {
             (0..layout.buckets)
                 .map(|k| buckets::bucket_tag(sale_id, k, layout.buckets))
                 .collect()
-        };
+        })
+    }
+
+    /// Reads every counter and record of a sale and adds them up (for tests, benchmarks and
+    /// reconciliation; it reads the whole sale, so it is not for the hot path).
+    /// A bucketed sale's buckets are added up together.
+    pub async fn audit(&self, sale_id: &str) -> Result<Audit, Error> {
+        let stock = self.stock(sale_id).await?;
+        let tags = self.tags(sale_id).await?;
         let mut audit = Audit {
             stock,
             ..Audit::default()

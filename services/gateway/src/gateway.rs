@@ -1,7 +1,9 @@
 //! [`Gateway`]: the purchase path and the sale views, over the inventory, the order stream and
 //! the orders service.
 //!
-//! Purchase: the local sold-out flag answers first (memory, no network); then the sale's
+//! Purchase: the local sold-out flag answers first (memory, no network) to every buyer whose
+//! idempotency key made no reservation in the sale (a fingerprint set read once per sold-out
+//! spell; a retry of a purchase the buyer made goes on and gets its original answer); then the sale's
 //! admission stack (a tower concurrency limit behind a load shedder) sheds what exceeds the
 //! in-flight bound; then `Inventory.Reserve`, then the JetStream publish keyed on the
 //! reservation id, then `Inventory.MarkQueued` (from then on only the order's lifecycle frees
@@ -56,6 +58,19 @@ struct Job {
 
 type Admission = BoxCloneSyncService<Job, pb::PurchaseAccepted, BoxError>;
 
+/// Most key fingerprints a gateway keeps for one sold-out sale (8 bytes each); a sale with
+/// more sends every keyed purchase to the inventory while it is sold out.
+const MAX_KEY_FINGERPRINTS: u32 = 200_000;
+
+/// What a gateway knows of a sold-out sale's idempotency keys (see [`Gateway::sold_out_for`]).
+#[derive(Debug, Clone)]
+struct KeySet {
+    /// The sold-out spell it was read in ([`SoldOutFlags::sold_out_episode`]).
+    episode: u64,
+    /// The fingerprints; `None` when the sale had too many to keep.
+    fingerprints: Option<Arc<std::collections::HashSet<u64>>>,
+}
+
 /// Purchases of one sale counted by this replica.
 #[derive(Debug, Default)]
 pub struct SaleCounters {
@@ -84,6 +99,10 @@ pub(crate) struct Inner {
     pub(crate) shutdown: flashsale_runtime::Shutdown,
     sold_out: SoldOutFlags,
     sold_out_seen: DashMap<String, Instant>,
+    /// Per sold-out sale: the fingerprints of the keys that made reservations in it.
+    key_sets: DashMap<String, KeySet>,
+    /// One read of a sale's key fingerprints at a time.
+    key_reads: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     sales: DashMap<String, SaleInfo>,
     admission: DashMap<String, Admission>,
     pub(crate) counters: DashMap<String, Arc<SaleCounters>>,
@@ -158,6 +177,8 @@ impl Gateway {
                 request_timeout,
                 sold_out,
                 sold_out_seen: DashMap::new(),
+                key_sets: DashMap::new(),
+                key_reads: DashMap::new(),
                 sales: DashMap::new(),
                 admission: DashMap::new(),
                 counters: DashMap::new(),
@@ -230,6 +251,84 @@ impl Gateway {
                 .is_some_and(|seen| seen.elapsed() < self.inner.config.sold_out_ttl)
     }
 
+    /// True when SOLD_OUT may be answered from memory: the sale is sold out and this buyer's
+    /// key made no reservation in it. A retry of a purchase the buyer made goes on to the
+    /// inventory, which answers it as the first time, on every replica and at any moment.
+    async fn sold_out_for(&self, sale_id: &str, user_id: &str, key: &str) -> bool {
+        if !self.sold_out_in_memory(sale_id) {
+            return false;
+        }
+        if key.is_empty() {
+            return true;
+        }
+        let Some(episode) = self.inner.sold_out.sold_out_episode(sale_id) else {
+            return false;
+        };
+        match self.key_set(sale_id, episode).await {
+            Some(keys) => !keys.contains(&flashsale_inventory::key_fingerprint(user_id, key)),
+            None => false,
+        }
+    }
+
+    /// The sale's key fingerprints as of this sold-out spell, read once per spell; `None` when
+    /// they cannot be had (too many, or the inventory did not answer: then ask it each time).
+    async fn key_set(
+        &self,
+        sale_id: &str,
+        episode: u64,
+    ) -> Option<Arc<std::collections::HashSet<u64>>> {
+        let known = |gateway: &Self| {
+            gateway
+                .inner
+                .key_sets
+                .get(sale_id)
+                .filter(|k| k.episode == episode)
+                .map(|k| k.fingerprints.clone())
+        };
+        if let Some(keys) = known(self) {
+            return keys;
+        }
+        let gate = self
+            .inner
+            .key_reads
+            .entry(sale_id.to_owned())
+            .or_default()
+            .clone();
+        let _one = gate.lock().await;
+        if let Some(keys) = known(self) {
+            return keys;
+        }
+        let read = self
+            .inner
+            .inventory
+            .clone()
+            .key_fingerprints(pb::KeyFingerprintsRequest {
+                sale_id: sale_id.to_owned(),
+                limit: MAX_KEY_FINGERPRINTS,
+            })
+            .await;
+        let fingerprints = match read {
+            Ok(found) => {
+                let found = found.into_inner();
+                found
+                    .complete
+                    .then(|| Arc::new(found.fingerprints.into_iter().collect()))
+            }
+            Err(status) => {
+                tracing::debug!(sale_id, error = %status, "key fingerprints not read");
+                return None;
+            }
+        };
+        self.inner.key_sets.insert(
+            sale_id.to_owned(),
+            KeySet {
+                episode,
+                fingerprints: fingerprints.clone(),
+            },
+        );
+        fingerprints
+    }
+
     pub(crate) fn observe_stock(&self, sale_id: &str, available: u64) {
         let sold_out = available == 0;
         self.inner.sold_out.observe(sale_id, sold_out);
@@ -294,7 +393,10 @@ impl Gateway {
         } else {
             request.quantity
         };
-        if self.sold_out_in_memory(&request.sale_id) {
+        if self
+            .sold_out_for(&request.sale_id, &caller.user_id, &request.idempotency_key)
+            .await
+        {
             return Err(self.sold_out(&request.sale_id));
         }
         let sale = Arc::new(self.sale(&request.sale_id).await?);

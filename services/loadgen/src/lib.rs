@@ -814,6 +814,8 @@ async fn audit_with(
         let (ok, detail) = fair_admission(&report.queue);
         check("fair admission", ok, detail);
     }
+    let (ok, detail) = key_agreement(&report.outcomes);
+    check("a key keeps its answer", ok, detail);
     if faults {
         for (name, ok, detail) in attempt_checks(&report.outcomes, &rows) {
             check(name, ok, detail);
@@ -838,6 +840,48 @@ async fn audit_with(
         format!("{unasked} orders nobody was told about"),
     );
     audit
+}
+
+/// Every answer to an idempotency key agrees with its first accepted answer: the same order,
+/// never a refusal of the purchase afterwards (shedding that only says "not now", rate limits
+/// and overload, is allowed, and so is an answer lost on the way).
+/// A buyer and an idempotency key.
+type KeyOf<'a> = (&'a str, &'a str);
+
+fn key_agreement(outcomes: &[Outcome]) -> (bool, String) {
+    let mut first: HashMap<KeyOf<'_>, &str> = HashMap::new();
+    let mut disagreed: Vec<(KeyOf<'_>, &Outcome)> = Vec::new();
+    for outcome in outcomes.iter().filter(|o| !o.idempotency_key.is_empty()) {
+        let key = (outcome.user_id.as_str(), outcome.idempotency_key.as_str());
+        let contradicts = match (&outcome.answer, first.get(&key)) {
+            (Ok(order), None) => {
+                first.insert(key, order.as_str());
+                false
+            }
+            (Ok(order), Some(original)) => order != original,
+            (Err(reason), Some(_)) => {
+                Outcome::refusal(reason)
+                    && !matches!(reason.as_str(), "RATE_LIMITED" | "OVERLOADED")
+            }
+            (Err(_), None) => false,
+        };
+        if contradicts {
+            disagreed.push((key, outcome));
+        }
+    }
+    let detail = match disagreed.first() {
+        None => format!(
+            "{} accepted keys: every later answer the same order",
+            first.len()
+        ),
+        Some(((user, key), outcome)) => format!(
+            "{} answers contradicted their key's accepted order (first: user {user}, key {key}: accepted {}, then {:?})",
+            disagreed.len(),
+            first[&(*user, *key)],
+            outcome.answer
+        ),
+    };
+    (disagreed.is_empty(), detail)
 }
 
 /// The per-attempt checks of [`audit_under_faults`]: each key's orders against what its
@@ -968,6 +1012,28 @@ mod tests {
             .filter(|(_, ok, _)| !ok)
             .map(|(name, _, _)| name)
             .collect()
+    }
+
+    #[test]
+    fn a_key_must_keep_its_accepted_answer() {
+        let agrees = |outcomes: &[Outcome]| key_agreement(outcomes).0;
+        assert!(agrees(&[
+            outcome("a", "1", Err("UNAVAILABLE")),
+            outcome("a", "1", Ok("o1")),
+            outcome("a", "1", Err("RATE_LIMITED")),
+            outcome("a", "1", Err("UNAVAILABLE")),
+            outcome("a", "1", Ok("o1")),
+            outcome("b", "", Ok("o2")),
+            outcome("b", "", Err("SOLD_OUT")),
+        ]));
+        assert!(!agrees(&[
+            outcome("a", "1", Ok("o1")),
+            outcome("a", "1", Err("SOLD_OUT"))
+        ]));
+        assert!(!agrees(&[
+            outcome("a", "1", Ok("o1")),
+            outcome("a", "1", Ok("o2"))
+        ]));
     }
 
     #[test]

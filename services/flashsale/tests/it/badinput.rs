@@ -887,6 +887,33 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
         false,
         cases,
     );
+    let fingerprints =
+        |sale_id: String, limit: u32| enc(pb::KeyFingerprintsRequest { sale_id, limit });
+    let mut cases = sale_id_cases(&|id| fingerprints(id, 10));
+    cases.extend([
+        (
+            "no limit",
+            fingerprints(sid.clone(), 0),
+            Code::InvalidArgument,
+        ),
+        (
+            "a limit above 1,000,000",
+            fingerprints(sid.clone(), 1_000_001),
+            Code::InvalidArgument,
+        ),
+        (
+            "the largest limit",
+            fingerprints(sid.clone(), 1_000_000),
+            Code::Ok,
+        ),
+    ]);
+    rpc(
+        "/flashsale.v1.Inventory/KeyFingerprints",
+        p.inventory,
+        Caller::Service,
+        false,
+        cases,
+    );
     let cases = sale_id_cases(&|sale_id| enc(pb::GetStockRequest { sale_id }));
     rpc(
         "/flashsale.v1.Inventory/GetStock",
@@ -1106,7 +1133,7 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
     let paths: std::collections::HashSet<&str> = rpcs.iter().map(|r| r.path).collect();
     assert_eq!(
         paths.len(),
-        29,
+        30,
         "every RPC of every service is in the table"
     );
     assert!(

@@ -263,3 +263,28 @@ async fn finding_08_a_sale_whose_amount_would_overflow_is_refused() {
         "{refused:?}"
     );
 }
+
+/// Finding 11: the buyer of the last unit loses the reply and retries with the same key while
+/// the gateway answers everyone else SOLD_OUT from memory. The retry must get the original
+/// answer, at once, not SOLD_OUT; strangers still hear SOLD_OUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_11_a_retry_of_an_accepted_purchase_is_never_told_sold_out() {
+    let mesh = Mesh::start("finding 11").await;
+    let sale = create_sale_with(&mesh, 1, 1, 120_000, |_| {}).await;
+    let first = buy(&mesh, &sale, "alice", "key-1")
+        .await
+        .expect("alice buys the last unit");
+    for round in 0..5 {
+        let stranger = buy(&mesh, &sale, &format!("bob-{round}"), "k")
+            .await
+            .unwrap_err();
+        assert_eq!(reason_of(&stranger).as_deref(), Some("SOLD_OUT"));
+        let again = buy(&mesh, &sale, "alice", "key-1")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: alice's retry was told {e:?}"));
+        assert_eq!(
+            (again.order_id.as_str(), again.duplicate),
+            (first.order_id.as_str(), true)
+        );
+    }
+}
