@@ -1,0 +1,794 @@
+//! A model of the purchase protocol, checked exhaustively with [stateright].
+//!
+//! It owns no production code: it restates, step by step, what the gateway, the inventory's Lua
+//! scripts, JetStream, the order consumer and the order lifecycle do with one unit of stock,
+//! and lets the checker try every interleaving of a few purchases with every fault the
+//! protocol must survive. Each [`Action`] names the function or script it mirrors, so a change
+//! to one of them shows here.
+//!
+//! What may go wrong, at any step:
+//! - **loss**: a reply is lost after the server acted (Reserve, MarkQueued), a publish is
+//!   stored but its ack lost, a compensation never arrives;
+//! - **duplication**: a buyer retries with the same idempotency key while the first attempt is
+//!   still running, or after it answered; JetStream redelivers until acked;
+//! - **reordering**: a publish that timed out reaches the stream later (or never), after the
+//!   retry, after the compensation; the consumer inserts, acks and commits as separate steps,
+//!   interleaved with everything else;
+//! - **crashes**: a gateway dies at any step of a purchase (no answer, no compensation); the
+//!   consumer dies between any two of its steps (its work is redone from the stream and the
+//!   rows: crashing is "not yet doing the next step");
+//! - **time**: a hold may pass at any moment (an outage longer than the hold), a payment
+//!   deadline too, and the gateway's sold-out memory may be fresh or forgotten.
+//!
+//! [`Protocol::Original`] is the protocol as it was before the partial-failure round (a retry
+//! republished and compensated, holds expired whatever the stream held, the sold-out memory
+//! answered before the key was looked up); [`Protocol::Current`] is the one the code runs. The
+//! checker finds the review's finding 1 in the first and nothing in the second (the tests say
+//! how many states that takes).
+//!
+//! Not modelled: Rebuild and `Reconcile --repair` (the repair of a live sale is still open), stock
+//! buckets (their transfers have their own argument in the inventory's crate docs), more than
+//! one unit or more than two buyers (every property here concerns one unit and the buyers
+//! competing for it).
+
+use std::fmt;
+
+use stateright::{Model, Property};
+
+/// Units for sale.
+pub const STOCK: u8 = 1;
+/// Units one buyer may hold and own together.
+pub const LIMIT: u8 = 1;
+
+/// Which protocol the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Before the partial-failure round.
+    Original,
+    /// What the code does now.
+    Current,
+}
+
+/// The buyers; each has one idempotency key, shared by all its requests (retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Buyer {
+    /// Buys first and retries.
+    A,
+    /// Competes for the unit.
+    B,
+}
+
+impl Buyer {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a reservation was released (`release.lua`'s reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Why {
+    /// RESERVATION_EXPIRED (the sweeper).
+    Expired,
+    /// PUBLISH_FAILED (the gateway's compensation).
+    PublishFailed,
+    /// PAYMENT_EXPIRED (the order lifecycle).
+    PaymentExpired,
+}
+
+/// A reservation record's state (`fs:{sid}:res`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rec {
+    /// HELD.
+    Held,
+    /// COMMITTED: its order is written.
+    Committed,
+    /// CONFIRMED: paid.
+    Confirmed,
+    /// RELEASED: its unit went back to stock.
+    Released(Why),
+}
+
+/// A reservation record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Record {
+    /// Whose.
+    pub buyer: Buyer,
+    /// Its state.
+    pub state: Rec,
+    /// `p = 1`: the stream holds its order event (`queued.lua`).
+    pub queued: bool,
+}
+
+impl Record {
+    fn holds(&self) -> bool {
+        matches!(self.state, Rec::Held | Rec::Committed | Rec::Confirmed)
+    }
+
+    /// Released by its hold or a compensation: the commit may take it again (`commit_one`).
+    fn revivable(&self) -> bool {
+        matches!(self.state, Rec::Released(Why::Expired | Why::PublishFailed))
+    }
+}
+
+/// An order row's status in Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// PENDING_PAYMENT.
+    Pending,
+    /// PAID.
+    Paid,
+    /// EXPIRED (PAYMENT_DEADLINE).
+    Expired,
+    /// EXPIRED (RESERVATION_LOST): its unit was gone when it was written.
+    Lost,
+}
+
+/// An order row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Row {
+    /// Its status.
+    pub status: Status,
+    /// `inventory_pending = COMMIT`: the hold is not committed yet.
+    pub needs_commit: bool,
+    /// `inventory_pending = CONFIRM`: paid, Confirm not done yet.
+    pub needs_confirm: bool,
+}
+
+/// Where one purchase request is in the gateway (`Gateway::reserve_and_publish`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pc {
+    /// Not arrived yet.
+    Waiting,
+    /// Reserved; publishing the event (`dup`: the reservation is the key's earlier one).
+    Publishing {
+        /// The reservation.
+        rid: u8,
+        /// A replay of the key.
+        dup: bool,
+    },
+    /// The publish failed; the compensating Release is on its way.
+    Compensating {
+        /// The reservation.
+        rid: u8,
+    },
+    /// Published; MarkQueued is on its way.
+    Marking {
+        /// The reservation.
+        rid: u8,
+    },
+    /// Answered, or died.
+    Done,
+}
+
+/// What a buyer was told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Answer {
+    /// Accepted, with this order (= reservation) id.
+    Accepted(u8),
+    /// SOLD_OUT.
+    SoldOut,
+    /// USER_LIMIT.
+    UserLimit,
+    /// UNAVAILABLE: the buyer cannot know.
+    Unavailable,
+    /// PURCHASE_FAILED: the key's reservation was released before its order was queued.
+    PurchaseFailed,
+    /// ALREADY_EXISTS with this order id (the original protocol's answer to a closed key).
+    AlreadyExists(u8),
+}
+
+/// What a publish did (`stream::publish_order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Publish {
+    /// Stored and acknowledged.
+    Acked,
+    /// Stored; the ack was lost (the gateway sees a failure).
+    AckLost,
+    /// Timed out on the way: it may reach the stream later, or never.
+    InFlight,
+}
+
+/// One step of the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `Gateway::purchase`: the sold-out memory (`sold_out_for`), then `reserve.lua`, then
+    /// `replay()` for a repeated key. `reply_lost`: the script ran, its reply was lost.
+    Arrive {
+        /// The request.
+        req: u8,
+        /// The Reserve reply never reached the gateway.
+        reply_lost: bool,
+    },
+    /// `stream::publish_order`.
+    Publish {
+        /// The request.
+        req: u8,
+        /// What happened to it.
+        outcome: Publish,
+    },
+    /// A publish that timed out reaches JetStream (dedupe by Nats-Msg-Id).
+    Land {
+        /// The reservation it carries.
+        rid: u8,
+    },
+    /// ... or is dropped for good.
+    Drop {
+        /// The reservation it carries.
+        rid: u8,
+    },
+    /// `Gateway::compensate`: `release.lua` with PUBLISH_FAILED, then UNAVAILABLE.
+    Compensate {
+        /// The request.
+        req: u8,
+    },
+    /// `Gateway::mark_queued`: `queued.lua`, then the answer. `reply_lost`: it ran, the gateway
+    /// did not hear.
+    Mark {
+        /// The request.
+        req: u8,
+        /// The reply never reached the gateway.
+        reply_lost: bool,
+    },
+    /// The gateway dies mid-purchase: no answer, nothing more sent.
+    Crash {
+        /// The request.
+        req: u8,
+    },
+    /// The gateway's sold-out memory lapses (`gateway.sold_out_ttl`).
+    Forget,
+    /// `expire.lua`, from the sweeper: the hold passed.
+    Expire {
+        /// The reservation.
+        rid: u8,
+    },
+    /// The consumer's `INSERT … ON CONFLICT DO NOTHING` (`consumer::write`).
+    Insert {
+        /// The event's reservation.
+        rid: u8,
+    },
+    /// The consumer's ack: JetStream (work queue) drops the event.
+    Ack {
+        /// The event's reservation.
+        rid: u8,
+    },
+    /// `commit_many.lua` (`commit_one`) for a row whose commit is pending, by the consumer or
+    /// the lifecycle's retry; refused → `OrderStore::mark_lost`.
+    Commit {
+        /// The order.
+        rid: u8,
+    },
+    /// `OrderStore::pay`: PENDING → PAID once committed.
+    Pay {
+        /// The order.
+        rid: u8,
+    },
+    /// `confirm.lua` for a paid order.
+    Confirm {
+        /// The order.
+        rid: u8,
+    },
+    /// `OrderStore::expire_due` then `release.lua` with PAYMENT_EXPIRED.
+    ExpirePayment {
+        /// The order.
+        rid: u8,
+    },
+}
+
+/// The whole system: Redis, the stream, Postgres, the gateway's requests, the answers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct State {
+    /// `available`.
+    pub available: u8,
+    /// `fs:{sid}:users`: units per buyer.
+    pub users: [u8; 2],
+    /// `fs:{sid}:idem`: the reservation each buyer's key made.
+    pub idem: [Option<u8>; 2],
+    /// `fs:{sid}:res`, by reservation id (= the request that made it).
+    pub records: Vec<Option<Record>>,
+    /// Events in the stream, by reservation id.
+    pub stream: Vec<bool>,
+    /// Publishes still on the wire, by reservation id.
+    pub wire: Vec<bool>,
+    /// Order rows, by reservation id.
+    pub rows: Vec<Option<Row>>,
+    /// Each request's step.
+    pub pcs: Vec<Pc>,
+    /// The gateway's sold-out memory.
+    pub sold_out_memory: bool,
+    /// Every answer, in the order given.
+    pub answers: Vec<(u8, Answer)>,
+}
+
+/// The model: which protocol, which buyers send the requests, which faults are on.
+#[derive(Debug, Clone)]
+pub struct PurchaseModel {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Request `i` is sent by `requests[i]` with that buyer's key.
+    pub requests: Vec<Buyer>,
+    /// Holds may pass (outages longer than the hold).
+    pub expiry: bool,
+}
+
+impl PurchaseModel {
+    /// A buyer who buys and retries, and a rival.
+    pub fn new(protocol: Protocol, expiry: bool) -> Self {
+        Self {
+            protocol,
+            requests: vec![Buyer::A, Buyer::A, Buyer::B],
+            expiry,
+        }
+    }
+
+    fn current(&self) -> bool {
+        self.protocol == Protocol::Current
+    }
+}
+
+impl State {
+    fn answer(&mut self, req: u8, answer: Answer) {
+        self.pcs[req as usize] = Pc::Done;
+        self.answers.push((req, answer));
+    }
+
+    fn record(&mut self, rid: u8) -> &mut Record {
+        self.records[rid as usize]
+            .as_mut()
+            .expect("a reservation the model made")
+    }
+
+    /// `release_units`: the record's units back to stock and to its buyer's allowance.
+    fn release_units(&mut self, rid: u8, why: Why) {
+        let buyer = self.record(rid).buyer;
+        self.available += 1;
+        self.users[buyer.index()] -= 1;
+        self.record(rid).state = Rec::Released(why);
+    }
+
+    /// `take_units`: the buyer's limit and the stock allow one more unit.
+    fn take_units(&mut self, buyer: Buyer) -> bool {
+        if self.users[buyer.index()] >= LIMIT || self.available == 0 {
+            return false;
+        }
+        self.available -= 1;
+        self.users[buyer.index()] += 1;
+        true
+    }
+
+    fn holding(&self) -> u8 {
+        self.records.iter().flatten().filter(|r| r.holds()).count() as u8
+    }
+
+    fn quiet(&self) -> bool {
+        self.pcs.iter().all(|pc| matches!(pc, Pc::Done))
+            && !self.stream.iter().any(|e| *e)
+            && !self.wire.iter().any(|e| *e)
+            && self.rows.iter().flatten().all(|r| !r.needs_commit)
+    }
+}
+
+impl PurchaseModel {
+    /// `sold_out_for` + `reserve.lua` + `replay()`.
+    fn arrive(&self, s: &mut State, req: u8, reply_lost: bool) {
+        let buyer = self.requests[req as usize];
+        let key_used = s.idem[buyer.index()].is_some();
+        // The sold-out memory: the original answered before looking at the key; the current
+        // one only to buyers whose key made no reservation.
+        if s.sold_out_memory && !(self.current() && key_used) {
+            return s.answer(req, Answer::SoldOut);
+        }
+        if let Some(rid) = s.idem[buyer.index()] {
+            s.sold_out_memory = s.available == 0;
+            if reply_lost {
+                return s.answer(req, Answer::Unavailable);
+            }
+            return self.replay(s, req, rid);
+        }
+        if !s.take_units(buyer) {
+            s.sold_out_memory = s.available == 0;
+            let refusal = if s.users[buyer.index()] >= LIMIT {
+                Answer::UserLimit
+            } else {
+                Answer::SoldOut
+            };
+            return s.answer(
+                req,
+                if reply_lost {
+                    Answer::Unavailable
+                } else {
+                    refusal
+                },
+            );
+        }
+        s.records[req as usize] = Some(Record {
+            buyer,
+            state: Rec::Held,
+            queued: false,
+        });
+        s.idem[buyer.index()] = Some(req);
+        s.sold_out_memory = s.available == 0;
+        if reply_lost {
+            return s.answer(req, Answer::Unavailable);
+        }
+        s.pcs[req as usize] = Pc::Publishing {
+            rid: req,
+            dup: false,
+        };
+    }
+
+    /// What a repeated key gets (`replay()` in the gateway).
+    fn replay(&self, s: &mut State, req: u8, rid: u8) {
+        let record = *s.record(rid);
+        let publish = Pc::Publishing { rid, dup: true };
+        let next = match (self.protocol, record.state) {
+            (Protocol::Current, Rec::Held) if !record.queued => publish,
+            (Protocol::Current, Rec::Released(Why::Expired | Why::PublishFailed))
+                if !record.queued =>
+            {
+                return s.answer(req, Answer::PurchaseFailed);
+            }
+            (Protocol::Current, _) => return s.answer(req, Answer::Accepted(rid)),
+            (Protocol::Original, Rec::Held) => publish,
+            (Protocol::Original, Rec::Committed) => return s.answer(req, Answer::Accepted(rid)),
+            (Protocol::Original, _) => return s.answer(req, Answer::AlreadyExists(rid)),
+        };
+        s.pcs[req as usize] = next;
+    }
+
+    fn publish(&self, s: &mut State, req: u8, outcome: Publish) {
+        let Pc::Publishing { rid, dup } = s.pcs[req as usize] else {
+            unreachable!("only offered while publishing")
+        };
+        match outcome {
+            Publish::Acked => {
+                s.stream[rid as usize] = true;
+                if self.current() {
+                    s.pcs[req as usize] = Pc::Marking { rid };
+                } else {
+                    s.answer(req, Answer::Accepted(rid));
+                }
+                return;
+            }
+            Publish::AckLost => s.stream[rid as usize] = true,
+            Publish::InFlight => s.wire[rid as usize] = true,
+        }
+        // Failed as far as the gateway knows: only the attempt that made the reservation
+        // compensates (the original protocol compensated from every attempt).
+        if self.current() && dup {
+            s.answer(req, Answer::Unavailable);
+        } else {
+            s.pcs[req as usize] = Pc::Compensating { rid };
+        }
+    }
+
+    /// `release.lua` with PUBLISH_FAILED.
+    fn compensate(&self, s: &mut State, req: u8) {
+        let Pc::Compensating { rid } = s.pcs[req as usize] else {
+            unreachable!("only offered while compensating")
+        };
+        let record = *s.record(rid);
+        let releasable = record.state == Rec::Held && !(self.current() && record.queued);
+        if releasable {
+            s.release_units(rid, Why::PublishFailed);
+        }
+        s.answer(req, Answer::Unavailable);
+    }
+
+    /// `queued.lua`.
+    fn mark(&self, s: &mut State, req: u8, reply_lost: bool) {
+        let Pc::Marking { rid } = s.pcs[req as usize] else {
+            unreachable!("only offered while marking")
+        };
+        let record = *s.record(rid);
+        let ok = match record.state {
+            Rec::Held | Rec::Committed | Rec::Confirmed => {
+                s.record(rid).queued = true;
+                true
+            }
+            // Released first: refused; the consumer's commit decides it. (Reviving it here was
+            // the checker's first find in the current protocol: the consumer could already
+            // have written the order as lost.)
+            Rec::Released(_) => false,
+        };
+        let answer = if ok && !reply_lost {
+            Answer::Accepted(rid)
+        } else {
+            Answer::Unavailable
+        };
+        s.answer(req, answer);
+    }
+
+    /// `expire.lua`.
+    fn expire(&self, s: &mut State, rid: u8) {
+        s.release_units(rid, Why::Expired);
+    }
+
+    /// `commit_one` in `commit_many.lua`, then `mark_lost` when refused.
+    fn commit(&self, s: &mut State, rid: u8) {
+        let record = *s.record(rid);
+        let row = s.rows[rid as usize].as_mut().expect("a written order");
+        row.needs_commit = false;
+        match record.state {
+            Rec::Held => s.record(rid).state = Rec::Committed,
+            Rec::Committed | Rec::Confirmed => {}
+            Rec::Released(_) if record.revivable() && s.take_units(record.buyer) => {
+                s.record(rid).state = Rec::Committed;
+            }
+            Rec::Released(_) => {
+                s.rows[rid as usize].as_mut().expect("written").status = Status::Lost;
+            }
+        }
+    }
+
+    /// `confirm.lua`: HELD or COMMITTED → CONFIRMED; a released one is refused (logged).
+    fn confirm(&self, s: &mut State, rid: u8) {
+        let record = s.record(rid);
+        if matches!(record.state, Rec::Held | Rec::Committed) {
+            record.state = Rec::Confirmed;
+        }
+        s.rows[rid as usize]
+            .as_mut()
+            .expect("written")
+            .needs_confirm = false;
+    }
+
+    /// `expire_due` then `release.lua` with PAYMENT_EXPIRED (which also closes a revivable one).
+    fn expire_payment(&self, s: &mut State, rid: u8) {
+        let row = s.rows[rid as usize].as_mut().expect("written");
+        row.status = Status::Expired;
+        row.needs_commit = false;
+        let record = *s.record(rid);
+        match record.state {
+            Rec::Held | Rec::Committed => s.release_units(rid, Why::PaymentExpired),
+            Rec::Released(_) => s.record(rid).state = Rec::Released(Why::PaymentExpired),
+            Rec::Confirmed => {}
+        }
+    }
+}
+
+impl Model for PurchaseModel {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        let n = self.requests.len();
+        vec![State {
+            available: STOCK,
+            users: [0; 2],
+            idem: [None; 2],
+            records: vec![None; n],
+            stream: vec![false; n],
+            wire: vec![false; n],
+            rows: vec![None; n],
+            pcs: vec![Pc::Waiting; n],
+            sold_out_memory: false,
+            answers: Vec::new(),
+        }]
+    }
+
+    fn actions(&self, s: &State, actions: &mut Vec<Action>) {
+        for (i, pc) in s.pcs.iter().enumerate() {
+            let req = i as u8;
+            match pc {
+                Pc::Waiting => {
+                    for reply_lost in [false, true] {
+                        actions.push(Action::Arrive { req, reply_lost });
+                    }
+                }
+                Pc::Publishing { .. } => {
+                    for outcome in [Publish::Acked, Publish::AckLost, Publish::InFlight] {
+                        actions.push(Action::Publish { req, outcome });
+                    }
+                }
+                Pc::Compensating { .. } => actions.push(Action::Compensate { req }),
+                Pc::Marking { .. } => {
+                    for reply_lost in [false, true] {
+                        actions.push(Action::Mark { req, reply_lost });
+                    }
+                }
+                Pc::Done => {}
+            }
+            if !matches!(pc, Pc::Waiting | Pc::Done) {
+                actions.push(Action::Crash { req });
+            }
+        }
+        if s.sold_out_memory {
+            actions.push(Action::Forget);
+        }
+        for i in 0..s.records.len() {
+            let rid = i as u8;
+            if s.wire[i] {
+                actions.push(Action::Land { rid });
+                actions.push(Action::Drop { rid });
+            }
+            if let Some(record) = s.records[i] {
+                let expirable = record.state == Rec::Held && !(self.current() && record.queued);
+                if self.expiry && expirable {
+                    actions.push(Action::Expire { rid });
+                }
+            }
+            if s.stream[i] {
+                if s.rows[i].is_none() {
+                    actions.push(Action::Insert { rid });
+                } else {
+                    actions.push(Action::Ack { rid });
+                }
+            }
+            if let Some(row) = s.rows[i] {
+                if row.needs_commit {
+                    actions.push(Action::Commit { rid });
+                }
+                if row.status == Status::Pending && !row.needs_commit {
+                    actions.push(Action::Pay { rid });
+                }
+                if row.status == Status::Pending {
+                    actions.push(Action::ExpirePayment { rid });
+                }
+                if row.needs_confirm {
+                    actions.push(Action::Confirm { rid });
+                }
+            }
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        let mut s = last.clone();
+        match action {
+            Action::Arrive { req, reply_lost } => self.arrive(&mut s, req, reply_lost),
+            Action::Publish { req, outcome } => self.publish(&mut s, req, outcome),
+            Action::Land { rid } => {
+                s.wire[rid as usize] = false;
+                // JetStream drops a copy of an event it holds (Nats-Msg-Id); a copy of one the
+                // consumer already acked lands again (outside the window, or not: the consumer's
+                // ON CONFLICT DO NOTHING makes it harmless).
+                s.stream[rid as usize] = true;
+            }
+            Action::Drop { rid } => s.wire[rid as usize] = false,
+            Action::Compensate { req } => self.compensate(&mut s, req),
+            Action::Mark { req, reply_lost } => self.mark(&mut s, req, reply_lost),
+            Action::Crash { req } => s.pcs[req as usize] = Pc::Done,
+            Action::Forget => s.sold_out_memory = false,
+            Action::Expire { rid } => self.expire(&mut s, rid),
+            Action::Insert { rid } => {
+                s.rows[rid as usize] = Some(Row {
+                    status: Status::Pending,
+                    needs_commit: true,
+                    needs_confirm: false,
+                });
+            }
+            Action::Ack { rid } => s.stream[rid as usize] = false,
+            Action::Commit { rid } => self.commit(&mut s, rid),
+            Action::Pay { rid } => {
+                let row = s.rows[rid as usize].as_mut().expect("written");
+                row.status = Status::Paid;
+                row.needs_confirm = true;
+            }
+            Action::Confirm { rid } => self.confirm(&mut s, rid),
+            Action::ExpirePayment { rid } => self.expire_payment(&mut s, rid),
+        }
+        Some(s)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always("no oversell", |_, s: &State| {
+                s.holding() <= STOCK && s.available + s.holding() == STOCK
+            }),
+            Property::always("an accepted purchase keeps its unit", |_, s: &State| {
+                accepted(s).all(|rid| {
+                    let record = s.records[rid as usize].expect("accepted ones exist");
+                    let row = s.rows[rid as usize];
+                    let lost = row.is_some_and(|r| r.status == Status::Lost);
+                    let taken = matches!(
+                        record.state,
+                        Rec::Released(Why::Expired | Why::PublishFailed)
+                    );
+                    !lost && !taken
+                })
+            }),
+            Property::always("an accepted purchase becomes its order", |_, s: &State| {
+                !s.quiet() || accepted(s).all(|rid| s.rows[rid as usize].is_some())
+            }),
+            Property::always("a key keeps its answer", |m: &PurchaseModel, s: &State| {
+                keys_agree(m, s)
+            }),
+            Property::always("per-user limit", |_, s: &State| {
+                [Buyer::A, Buyer::B].iter().all(|b| {
+                    let held = s
+                        .records
+                        .iter()
+                        .flatten()
+                        .filter(|r| r.buyer == *b && r.holds())
+                        .count() as u8;
+                    held <= LIMIT && s.users[b.index()] == held
+                })
+            }),
+            Property::always("a paid order owns its unit", |_, s: &State| {
+                s.rows.iter().enumerate().all(|(i, row)| {
+                    row.is_none_or(|r| r.status != Status::Paid)
+                        || s.records[i].is_some_and(|rec| rec.holds())
+                })
+            }),
+            Property::sometimes("a purchase is accepted and paid", |_, s: &State| {
+                s.rows.iter().flatten().any(|r| r.status == Status::Paid) && accepted(s).count() > 0
+            }),
+            Property::sometimes(
+                "a retry gets the original answer",
+                |m: &PurchaseModel, s: &State| {
+                    let accepted_a = s
+                        .answers
+                        .iter()
+                        .filter(|(req, a)| {
+                            m.requests[*req as usize] == Buyer::A
+                                && matches!(a, Answer::Accepted(_))
+                        })
+                        .count();
+                    accepted_a >= 2
+                },
+            ),
+        ]
+    }
+}
+
+/// The reservation ids buyers were told were accepted.
+fn accepted(s: &State) -> impl Iterator<Item = u8> + '_ {
+    s.answers.iter().filter_map(|(_, a)| match a {
+        Answer::Accepted(rid) => Some(*rid),
+        _ => None,
+    })
+}
+
+/// After a key's first accepted answer, every answer to it is the same order or UNAVAILABLE.
+fn keys_agree(m: &PurchaseModel, s: &State) -> bool {
+    let mut first: [Option<u8>; 2] = [None; 2];
+    s.answers.iter().all(|(req, answer)| {
+        let buyer = m.requests[*req as usize].index();
+        match (first[buyer], answer) {
+            (None, Answer::Accepted(rid)) => {
+                first[buyer] = Some(*rid);
+                true
+            }
+            (None, _) => true,
+            (Some(rid), Answer::Accepted(other) | Answer::AlreadyExists(other)) => rid == *other,
+            (Some(_), Answer::Unavailable) => true,
+            (Some(_), _) => false,
+        }
+    })
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Arrive { req, reply_lost } => write!(
+                f,
+                "request {req} arrives: sold-out memory, reserve.lua{}",
+                if *reply_lost { " (reply lost)" } else { "" }
+            ),
+            Action::Publish { req, outcome } => write!(f, "request {req} publishes: {outcome:?}"),
+            Action::Land { rid } => write!(f, "the timed-out publish of {rid} reaches the stream"),
+            Action::Drop { rid } => write!(f, "the timed-out publish of {rid} is dropped"),
+            Action::Compensate { req } => {
+                write!(f, "request {req} compensates: release.lua PUBLISH_FAILED")
+            }
+            Action::Mark { req, reply_lost } => write!(
+                f,
+                "request {req} marks queued: queued.lua{}",
+                if *reply_lost { " (reply lost)" } else { "" }
+            ),
+            Action::Crash { req } => write!(f, "the gateway dies during request {req}"),
+            Action::Forget => write!(f, "the gateway's sold-out memory lapses"),
+            Action::Expire { rid } => write!(f, "the hold of {rid} passes: expire.lua"),
+            Action::Insert { rid } => write!(f, "the consumer inserts order {rid}"),
+            Action::Ack { rid } => write!(f, "the consumer acks event {rid}"),
+            Action::Commit { rid } => write!(f, "commit_many.lua for order {rid}"),
+            Action::Pay { rid } => write!(f, "order {rid} is paid"),
+            Action::Confirm { rid } => write!(f, "confirm.lua for order {rid}"),
+            Action::ExpirePayment { rid } => {
+                write!(
+                    f,
+                    "order {rid}'s payment deadline passes: release.lua PAYMENT_EXPIRED"
+                )
+            }
+        }
+    }
+}

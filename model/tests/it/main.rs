@@ -1,0 +1,131 @@
+//! The purchase protocol checked exhaustively: the current protocol keeps every property under
+//! every fault; the original one loses an accepted order (finding 1), and more.
+
+use flashsale_model::{Action, Protocol, PurchaseModel};
+use stateright::{Checker, Model};
+
+const SAFETY: [&str; 6] = [
+    "no oversell",
+    "an accepted purchase keeps its unit",
+    "an accepted purchase becomes its order",
+    "a key keeps its answer",
+    "per-user limit",
+    "a paid order owns its unit",
+];
+
+fn check(model: PurchaseModel) -> impl Checker<PurchaseModel> {
+    model.checker().threads(2).spawn_bfs().join()
+}
+
+/// The discovered path cut at the first state where `property` fails (the checker reports the
+/// last violating state it met, which may be deep past the first).
+fn first_violation(
+    model: &PurchaseModel,
+    property: &str,
+    path: stateright::Path<flashsale_model::State, Action>,
+) -> Vec<Action> {
+    let condition = model
+        .properties()
+        .into_iter()
+        .find(|p| p.name == property)
+        .expect("a property of the model")
+        .condition;
+    let mut actions = Vec::new();
+    for (state, action) in path.into_vec() {
+        if !condition(model, &state) {
+            break;
+        }
+        actions.extend(action);
+    }
+    actions
+}
+
+fn trace(actions: Vec<Action>) -> String {
+    actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("  {}. {a}", i + 1))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_current_protocol_keeps_every_property_under_every_fault() {
+    let checker = check(PurchaseModel::new(Protocol::Current, true));
+    println!(
+        "current protocol: {} states ({} unique), depth {}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth()
+    );
+    for property in SAFETY {
+        if let Some(path) = checker.discovery(property) {
+            let model = PurchaseModel::new(Protocol::Current, true);
+            panic!(
+                "{property} fails:\n{}",
+                trace(first_violation(&model, property, path))
+            );
+        }
+    }
+    // Not vacuous: the happy paths are reachable.
+    for example in [
+        "a purchase is accepted and paid",
+        "a retry gets the original answer",
+    ] {
+        assert!(
+            checker.discovery(example).is_some(),
+            "{example} never happens"
+        );
+    }
+    assert!(checker.unique_state_count() > 10_000, "the model explores");
+}
+
+#[test]
+fn the_original_protocol_loses_an_accepted_order_to_a_retry_finding_1() {
+    // Holds never pass here, so what the checker finds is the retry alone.
+    let model = PurchaseModel::new(Protocol::Original, false);
+    let checker = check(model.clone());
+    let path = checker
+        .discovery("an accepted purchase keeps its unit")
+        .expect("the checker finds finding 1");
+    let actions = first_violation(&model, "an accepted purchase keeps its unit", path);
+    println!(
+        "finding 1, found in {} unique states:\n{}",
+        checker.unique_state_count(),
+        trace(actions.clone())
+    );
+    let compensations: Vec<u8> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Compensate { req } => Some(*req),
+            _ => None,
+        })
+        .collect();
+    assert!(!compensations.is_empty(), "a compensation freed the unit");
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Publish { req, .. } if !compensations.contains(req))),
+        "another attempt with the key published first"
+    );
+}
+
+#[test]
+fn the_original_protocol_also_fails_long_outages_and_retries_at_the_sell_out() {
+    let model = PurchaseModel::new(Protocol::Original, true);
+    let checker = check(model.clone());
+    let keeps = "an accepted purchase keeps its unit";
+    let lost = first_violation(&model, keeps, checker.discovery(keeps).expect("found"));
+    println!("a loss with holds passing:\n{}", trace(lost));
+    let agree = "a key keeps its answer";
+    let answer = first_violation(&model, agree, checker.discovery(agree).expect("found too"));
+    println!(
+        "a retry told otherwise (finding 11):\n{}",
+        trace(answer.clone())
+    );
+    assert!(
+        answer
+            .iter()
+            .any(|a| matches!(a, Action::Arrive { req: 1, .. }))
+    );
+}
