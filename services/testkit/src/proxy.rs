@@ -69,6 +69,8 @@ struct Counters {
     connections: AtomicU64,
     replies_lost: AtomicU64,
     resets: AtomicU64,
+    /// Chunks held back (`Delay`, `Bandwidth`) or swallowed (`Blackhole`).
+    held: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -150,6 +152,16 @@ impl FaultProxy {
     pub fn resets(&self) -> u64 {
         self.state.counters.resets.load(Ordering::Relaxed)
     }
+
+    /// Chunks delayed, trickled or swallowed.
+    pub fn held(&self) -> u64 {
+        self.state.counters.held.load(Ordering::Relaxed)
+    }
+
+    /// Everything the faults did to traffic: lost replies, resets, held chunks.
+    pub fn struck(&self) -> u64 {
+        self.replies_lost() + self.resets() + self.held()
+    }
 }
 
 async fn accept(listener: TcpListener, state: Arc<State>) {
@@ -228,7 +240,10 @@ async fn relay(mut client: TcpStream, state: Arc<State>) {
 async fn request(state: &State, bytes: &[u8], server: &mut (impl AsyncWriteExt + Unpin)) -> Step {
     let fault = *state.fault.borrow();
     match fault {
-        Fault::Blackhole => Step::Go,
+        Fault::Blackhole => {
+            state.counters.held.fetch_add(1, Ordering::Relaxed);
+            Step::Go
+        }
         Fault::Reset | Fault::Cut => Step::Reset,
         _ => write(server, bytes).await,
     }
@@ -239,10 +254,14 @@ async fn reply(state: &State, bytes: &[u8], client: &mut (impl AsyncWriteExt + U
     match fault {
         Fault::Pass => write(client, bytes).await,
         Fault::Delay(d) => {
+            state.counters.held.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(d).await;
             write(client, bytes).await
         }
-        Fault::Blackhole => Step::Go,
+        Fault::Blackhole => {
+            state.counters.held.fetch_add(1, Ordering::Relaxed);
+            Step::Go
+        }
         Fault::LoseReplies => lose(state),
         Fault::LoseNextReply => {
             let _one = state.lose_next.lock().unwrap_or_else(|e| e.into_inner());
@@ -253,7 +272,10 @@ async fn reply(state: &State, bytes: &[u8], client: &mut (impl AsyncWriteExt + U
             state.fault.send_replace(Fault::Pass);
             lose(state)
         }
-        Fault::Bandwidth(per_second) => trickle(client, bytes, per_second).await,
+        Fault::Bandwidth(per_second) => {
+            state.counters.held.fetch_add(1, Ordering::Relaxed);
+            trickle(client, bytes, per_second).await
+        }
         Fault::Reset | Fault::Cut => Step::Reset,
     }
 }

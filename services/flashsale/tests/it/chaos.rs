@@ -19,6 +19,8 @@ use flashsale_proto::{
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+use flashsale_testkit::Fault as Net;
+
 use crate::mesh::{Extra, Mesh};
 
 /// How long orphaned holds live: short, so the drain does not wait long for them.
@@ -42,6 +44,53 @@ enum Fault {
     RestartRedisEmpty,
     /// SIGKILL one node of the 3-node NATS cluster, start it again after `down`.
     KillNatsNode { node: usize, down: Duration },
+    /// Fault one hop through its proxy for `down`, both ends running (lost replies after the
+    /// server acted, delays past the callers' timeouts, blackholes, resets, a trickle, a cut).
+    Network {
+        hop: Hop,
+        fault: Net,
+        down: Duration,
+    },
+}
+
+/// A hop of the mesh with a fault proxy on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// Every component to Redis.
+    Redis,
+    /// Every component to NATS.
+    Nats,
+    /// Every component to Postgres.
+    Postgres,
+    /// Gateway, orders and consumer to the inventory's gRPC server.
+    Inventory,
+}
+
+impl Hop {
+    const ALL: [Hop; 4] = [Hop::Redis, Hop::Nats, Hop::Postgres, Hop::Inventory];
+}
+
+impl Fault {
+    fn needs_proxies(&self) -> bool {
+        matches!(self, Fault::Network { .. })
+    }
+
+    /// The fault's kind, for the long run's tally.
+    fn kind(&self) -> String {
+        match self {
+            Fault::KillConsumer { .. } => "kill consumer".into(),
+            Fault::KillGatewayMidPurchase { .. } => "kill gateway mid-purchase".into(),
+            Fault::StopPostgres { .. } => "stop postgres".into(),
+            Fault::PauseRedis { .. } => "pause redis".into(),
+            Fault::RestartRedisEmpty => "restart redis empty + repair".into(),
+            Fault::KillNatsNode { .. } => "kill a nats node".into(),
+            Fault::Network { hop, fault, .. } => {
+                let name = format!("{fault:?}");
+                let name = name.split('(').next().unwrap_or_default();
+                format!("{hop:?} hop {name}")
+            }
+        }
+    }
 }
 
 impl fmt::Display for Fault {
@@ -57,6 +106,9 @@ impl fmt::Display for Fault {
             Fault::RestartRedisEmpty => write!(f, "restart redis empty + repair"),
             Fault::KillNatsNode { node, down } => {
                 write!(f, "kill nats node {node} {}ms", ms(down))
+            }
+            Fault::Network { hop, fault, down } => {
+                write!(f, "{hop:?} hop {fault:?} {}ms", ms(down))
             }
         }
     }
@@ -80,6 +132,12 @@ impl Schedule {
         }
     }
 
+    /// Proxies on the hops: schedules with one NATS server have them (a NATS node fault needs
+    /// the cluster, and the proxies stand in front of one server).
+    fn proxies(&self) -> bool {
+        !self.cluster
+    }
+
     /// Two to four faults at random moments of the load, from `seed`.
     fn random(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -89,14 +147,27 @@ impl Schedule {
         let mut steps = Vec::new();
         for _ in 0..count {
             let down = Duration::from_millis(rng.random_range(200..1_500));
-            let fault = match rng.random_range(0..if cluster { 6 } else { 5 }) {
+            // Process faults on either kind; node kills with the cluster, hop faults without.
+            let fault = match rng.random_range(0..if cluster { 6 } else { 11 }) {
                 0 => Fault::KillConsumer { down },
                 1 => Fault::KillGatewayMidPurchase { down },
                 2 => Fault::StopPostgres { down },
                 3 => Fault::PauseRedis { down },
                 4 => Fault::RestartRedisEmpty,
-                _ => Fault::KillNatsNode {
+                5 if cluster => Fault::KillNatsNode {
                     node: rng.random_range(0..3),
+                    down,
+                },
+                kind => Fault::Network {
+                    hop: Hop::ALL[rng.random_range(0..Hop::ALL.len())],
+                    fault: match kind {
+                        5 => Net::LoseReplies,
+                        6 => Net::Delay(Duration::from_millis(rng.random_range(600..2_500))),
+                        7 => Net::Blackhole,
+                        8 => Net::Reset,
+                        9 => Net::Bandwidth(rng.random_range(1_000..20_000)),
+                        _ => Net::Cut,
+                    },
                     down,
                 },
             };
@@ -136,6 +207,8 @@ impl fmt::Display for Schedule {
 struct Outcome {
     report: Report,
     faults: usize,
+    /// What the hop faults did to traffic (lost replies, resets, held chunks), all proxies.
+    struck: u64,
     failed_checks: Vec<String>,
     lines: Vec<String>,
 }
@@ -236,6 +309,18 @@ async fn inject(mesh: &mut Mesh, sale_id: &str, fault: &Fault) {
             tokio::time::sleep(*down).await;
             cluster.node(*node).restart().await.unwrap();
         }
+        Fault::Network { hop, fault, down } => {
+            let hops = mesh.hops.as_ref().expect("hop faults need the proxies");
+            let proxy = match hop {
+                Hop::Redis => &hops.redis,
+                Hop::Nats => &hops.nats,
+                Hop::Postgres => &hops.postgres,
+                Hop::Inventory => &hops.inventory,
+            };
+            proxy.set(*fault);
+            tokio::time::sleep(*down).await;
+            proxy.heal();
+        }
     }
 }
 
@@ -282,11 +367,18 @@ async fn run(schedule: &Schedule) -> Outcome {
         .prefix("flashsale-chaos-")
         .tempdir()
         .unwrap();
+    assert!(
+        schedule.proxies() || !schedule.steps.iter().any(|(_, f)| f.needs_proxies()),
+        "{schedule}: hop faults need the proxies"
+    );
     let mut mesh = Mesh::start_with(
         "chaos",
         Extra {
             log_dir: Some(logs.path().to_path_buf()),
             nats_cluster: schedule.cluster,
+            proxies: schedule.proxies(),
+            // Calls give up within 2 s, so a delayed hop outlasts its callers' timeouts.
+            env: vec![("FLASHSALE_SERVER__REQUEST_TIMEOUT".into(), "2s".into())],
             config: if schedule.cluster {
                 "[orders.stream]\nreplicas = 3\n".into()
             } else {
@@ -347,8 +439,15 @@ async fn run(schedule: &Schedule) -> Outcome {
         lines.extend(diagnose(&mesh, &sale.sale_id).await);
         lines.push(format!("process logs kept in {}", logs.keep().display()));
     }
+    let struck = mesh.hops.as_ref().map_or(0, |h| {
+        [&h.redis, &h.nats, &h.postgres, &h.inventory]
+            .iter()
+            .map(|p| p.struck())
+            .sum()
+    });
     Outcome {
         faults: schedule.steps.len(),
+        struck,
         failed_checks: audit
             .checks
             .iter()
@@ -543,6 +642,68 @@ async fn a_mixed_schedule() {
     check(schedule).await;
 }
 
+/// Redis runs scripts and its replies are lost (every connection drops when Redis answers):
+/// no script may run twice, no reservation may be answered both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_replies_lost_after_the_scripts_ran() {
+    let outcome = check(Schedule::one(
+        Fault::Network {
+            hop: Hop::Redis,
+            fault: Net::LoseReplies,
+            down: Duration::from_millis(800),
+        },
+        Duration::from_millis(1_200),
+    ))
+    .await;
+    assert!(outcome.struck > 0, "the hop fault struck no traffic");
+}
+
+/// JetStream stores the events and the acks are lost: the gateways compensate what they can,
+/// retries meet what was stored, and nothing accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_acks_lost_after_storing() {
+    let outcome = check(Schedule::one(
+        Fault::Network {
+            hop: Hop::Nats,
+            fault: Net::LoseReplies,
+            down: Duration::from_millis(800),
+        },
+        Duration::from_millis(1_200),
+    ))
+    .await;
+    assert!(outcome.struck > 0, "the hop fault struck no traffic");
+}
+
+/// The inventory answers later than its callers wait (the Reserve ran; the gateway gave up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_answers_after_the_callers_gave_up() {
+    let outcome = check(Schedule::one(
+        Fault::Network {
+            hop: Hop::Inventory,
+            fault: Net::Delay(Duration::from_millis(2_500)),
+            down: Duration::from_millis(1_500),
+        },
+        Duration::from_millis(1_000),
+    ))
+    .await;
+    assert!(outcome.struck > 0, "the hop fault struck no traffic");
+}
+
+/// Postgres is cut off (open connections reset, new ones refused) while orders are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cut_off() {
+    let outcome = check(Schedule::one(
+        Fault::Network {
+            hop: Hop::Postgres,
+            fault: Net::Cut,
+            down: Duration::from_millis(1_500),
+        },
+        Duration::from_millis(1_000),
+    ))
+    .await;
+    assert!(outcome.struck > 0, "the hop fault struck no traffic");
+}
+
 /// The long run: `FLASHSALE_CHAOS_SCHEDULES` random schedules (default 200) from
 /// `FLASHSALE_CHAOS_SEED` (default 1); prints one line a schedule and the totals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,9 +719,13 @@ async fn random_schedules() {
         .unwrap_or(1);
     let started = std::time::Instant::now();
     let (mut faults, mut attempts, mut accepted, mut unknown_total) = (0, 0, 0, 0);
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
     let mut violations = Vec::new();
     for seed in first..first + count {
         let schedule = Schedule::random(seed);
+        for (_, fault) in &schedule.steps {
+            *kinds.entry(fault.kind()).or_default() += 1;
+        }
         let outcome = run(&schedule).await;
         faults += outcome.faults;
         attempts += outcome.report.attempts;
@@ -586,5 +751,8 @@ async fn random_schedules() {
         violations.len(),
         started.elapsed().as_secs_f64()
     );
+    for (kind, n) in &kinds {
+        println!("  {n:>4}  {kind}");
+    }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }

@@ -3,7 +3,9 @@
 use std::{path::PathBuf, time::Duration};
 
 use flashsale_gateway::auth::Signer;
-use flashsale_testkit::{NatsCluster, NatsServer, PostgresServer, RedisServer, free_port};
+use flashsale_testkit::{
+    FaultProxy, NatsCluster, NatsServer, PostgresServer, RedisServer, free_port,
+};
 use tonic::transport::Channel;
 
 use crate::{Running, flashsale_configured};
@@ -36,6 +38,21 @@ pub(crate) struct Extra {
     pub(crate) config: String,
     /// Mutual TLS between the services: a directory holding `ca.crt`, `node.crt`, `node.key`.
     pub(crate) tls: Option<PathBuf>,
+    /// Put a fault proxy on every hop to Redis, NATS (one server), Postgres and the inventory's
+    /// gRPC port, so a test can fault one hop while both ends run.
+    pub(crate) proxies: bool,
+}
+
+/// The fault proxies on the mesh's hops (see [`Extra::proxies`]).
+pub(crate) struct Hops {
+    /// Every component → Redis.
+    pub(crate) redis: FaultProxy,
+    /// Every component → NATS.
+    pub(crate) nats: FaultProxy,
+    /// Every component → Postgres.
+    pub(crate) postgres: FaultProxy,
+    /// Gateway, orders and order consumer → the inventory's gRPC server.
+    pub(crate) inventory: FaultProxy,
 }
 
 /// NATS: one server, or a cluster.
@@ -97,6 +114,8 @@ pub(crate) struct Mesh {
     pub(crate) extra: Extra,
     /// The `/metrics` port of each component, when asked for.
     pub(crate) metrics_ports: Vec<(&'static str, u16)>,
+    /// The fault proxies, when asked for.
+    pub(crate) hops: Option<Hops>,
 }
 
 pub(crate) const SECRET: &str = "end-to-end-test-secret-0123456789";
@@ -146,6 +165,34 @@ impl Mesh {
             limiter: free_port().unwrap(),
             sidecar: free_port().unwrap(),
         };
+        let hops = if extra.proxies {
+            let nats_port = match &nats {
+                Nats::Single(server) => server.port(),
+                Nats::Cluster(_) => panic!("fault proxies go in front of one NATS server"),
+            };
+            Some(Hops {
+                redis: FaultProxy::to_port(redis.port()).await.unwrap(),
+                nats: FaultProxy::to_port(nats_port).await.unwrap(),
+                postgres: FaultProxy::to_port(pg.port()).await.unwrap(),
+                inventory: FaultProxy::to_port(ports.inventory).await.unwrap(),
+            })
+        } else {
+            None
+        };
+        // What the components dial: the servers, or the proxies in front of them.
+        let (redis_url, nats_url, pg_url, inventory_port) = match &hops {
+            Some(h) => (
+                format!("redis://127.0.0.1:{}", h.redis.port()),
+                format!("nats://127.0.0.1:{}", h.nats.port()),
+                db.url.replacen(
+                    &format!(":{}/", pg.port()),
+                    &format!(":{}/", h.postgres.port()),
+                    1,
+                ),
+                h.inventory.port(),
+            ),
+            None => (redis.url(), nats.url(), db.url.clone(), ports.inventory),
+        };
         let dir = tempfile::tempdir().unwrap();
         let rules = dir.path().join("limits.yaml");
         std::fs::write(&rules, RULES).unwrap();
@@ -171,7 +218,7 @@ url = "{pg}"
 
 [gateway]
 listen = "127.0.0.1:{gw}"
-inventory_url = "{scheme}://127.0.0.1:{inv}"
+inventory_url = "{scheme}://127.0.0.1:{inv_hop}"
 orders_url = "{scheme}://127.0.0.1:{ord}"
 [gateway.auth]
 secret = "{SECRET}"
@@ -183,7 +230,7 @@ sweep_interval = "100ms"
 [orders]
 listen = "127.0.0.1:{ord}"
 consumer_listen = "127.0.0.1:{cons}"
-inventory_url = "{scheme}://127.0.0.1:{inv}"
+inventory_url = "{scheme}://127.0.0.1:{inv_hop}"
 lifecycle_interval = "200ms"
 fetch_wait = "100ms"
 
@@ -205,9 +252,10 @@ upstream = "http://127.0.0.1:{gw}"
                     dir.join("node.key").display(),
                     dir.join("ca.crt").display()
                 )),
-                redis = redis.url(),
-                nats = nats.url(),
-                pg = db.url,
+                redis = redis_url,
+                nats = nats_url,
+                pg = pg_url,
+                inv_hop = inventory_port,
                 gw = ports.gateway,
                 inv = ports.inventory,
                 ord = ports.orders,
@@ -243,6 +291,7 @@ upstream = "http://127.0.0.1:{gw}"
             processes: Vec::new(),
             extra,
             metrics_ports: Vec::new(),
+            hops,
         };
         for component in [
             "inventory",
