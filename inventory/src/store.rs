@@ -824,7 +824,8 @@ impl Inventory {
             .collect()
     }
 
-    /// The reservation is paid: its units are sold. Refused once released.
+    /// The reservation is paid: its units are sold. A released one takes its units back when
+    /// stock and the buyer's limit allow (the order is paid); otherwise refused.
     pub async fn confirm(&self, sale_id: &str, reservation_id: &str) -> Result<Transition, Error> {
         check_ids(sale_id, reservation_id)?;
         let tag = self.reservation_tag(sale_id, reservation_id).await?;
@@ -887,7 +888,7 @@ impl Inventory {
         let buckets = self.layout(sale_id).await?.buckets;
         let (reservation, _) = self.transition_reply(sale_id, reply, buckets).await?;
         match status.as_str() {
-            "OK" | "REVIVED" => Ok(Transition {
+            "OK" | "REVIVED" | "RECLAIMED" => Ok(Transition {
                 reservation,
                 changed: true,
             }),

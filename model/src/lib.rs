@@ -520,16 +520,21 @@ impl PurchaseModel {
         }
     }
 
-    /// `confirm.lua`: HELD or COMMITTED → CONFIRMED; a released one is refused (logged).
+    /// `confirm.lua`: HELD or COMMITTED → CONFIRMED; a released one takes its unit back when
+    /// stock and the limit allow, else the Confirm stays pending (the pipeline keeps it).
     fn confirm(&self, s: &mut State, rid: u8) {
-        let record = s.record(rid);
-        if matches!(record.state, Rec::Held | Rec::Committed) {
-            record.state = Rec::Confirmed;
+        let record = *s.record(rid);
+        let done = match record.state {
+            Rec::Held | Rec::Committed | Rec::Confirmed => true,
+            Rec::Released(_) => s.take_units(record.buyer),
+        };
+        if done {
+            s.record(rid).state = Rec::Confirmed;
+            s.rows[rid as usize]
+                .as_mut()
+                .expect("written")
+                .needs_confirm = false;
         }
-        s.rows[rid as usize]
-            .as_mut()
-            .expect("written")
-            .needs_confirm = false;
     }
 
     /// `expire_due` then `release.lua` with PAYMENT_EXPIRED (which also closes a revivable one).

@@ -7,6 +7,8 @@
 //! - `flashsale_dead_letters_total{reason}`: events set aside, by reason class.
 //! - `flashsale_orders_total{status}`: orders reaching a status (pending_payment on write).
 //! - `flashsale_backend_errors_total{backend, component}`.
+//! - `flashsale_paid_without_stock_total`: Confirms of paid orders the inventory could not
+//!   honour (no unit to take back): each is an order to look at.
 
 use std::sync::{
     Arc, OnceLock,
@@ -25,6 +27,7 @@ pub(crate) struct Metrics {
     pub(crate) dead_letters: Counter<u64>,
     pub(crate) orders: Counter<u64>,
     pub(crate) backend_errors: Counter<u64>,
+    pub(crate) paid_without_stock: Counter<u64>,
     pub(crate) lag: Arc<AtomicU64>,
     _lag_gauge: ObservableGauge<u64>,
 }
@@ -65,6 +68,10 @@ pub(crate) fn get() -> &'static Metrics {
                 .u64_counter("flashsale_backend_errors")
                 .with_description("Failed calls to a backend, by backend and component")
                 .build(),
+            paid_without_stock: meter
+                .u64_counter("flashsale_paid_without_stock")
+                .with_description("Confirms of paid orders the inventory had no unit for")
+                .build(),
             _lag_gauge: meter
                 .u64_observable_gauge("flashsale_consumer_lag_messages")
                 .with_unit("messages")
@@ -74,6 +81,11 @@ pub(crate) fn get() -> &'static Metrics {
             lag,
         }
     })
+}
+
+/// A paid order's Confirm found no unit to take back.
+pub(crate) fn paid_without_stock() {
+    get().paid_without_stock.add(1, &[]);
 }
 
 /// The class of a dead-letter reason (the reason itself holds ids).

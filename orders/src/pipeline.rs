@@ -138,6 +138,18 @@ impl Pipeline {
                     self.store.inventory_done(&order.order_id, action).await
                 }
             }
+            reason if action == InventoryAction::Confirm => {
+                // Paid, and no unit to give it (the inventory takes a released one back when
+                // it can). The Confirm stays pending: the lifecycle tries again as units come
+                // back, and the order shows in reconciliation until then.
+                crate::metrics::paid_without_stock();
+                tracing::error!(
+                    order_id = %order.order_id,
+                    %reason,
+                    "a paid order has no unit in the inventory; its confirm stays pending"
+                );
+                Ok(())
+            }
             reason => {
                 tracing::error!(
                     order_id = %order.order_id,

@@ -223,3 +223,50 @@ async fn race_case(h: &Harness, plan: Vec<(bool, bool, u64)>) -> Result<(), Stri
     }
     Ok(())
 }
+
+/// Finding 4: a paid order whose reservation Redis had released (here by an operator, as a
+/// repair gone wrong would) must take its units back when it is confirmed, not leave them for
+/// sale while only logging the refusal; and when the units are gone the Confirm stays pending
+/// instead of being dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_04_a_paid_order_takes_its_units_back_when_its_confirm_is_refused() {
+    let h = harness().await;
+    let window = Duration::from_secs(600);
+    let sale = h.sale(2, 1, window).await;
+    let ids = persisted(&h, &sale, 2, window).await;
+    let store = &h.pipeline.store;
+    for id in &ids {
+        h.inventory
+            .release(&sale.sale_id, id, flashsale_inventory::ReleaseReason::Admin)
+            .await
+            .unwrap();
+    }
+    // One released unit is sold to a stranger meanwhile.
+    let stranger = flashsale_inventory::ReserveRequest {
+        sale_id: sale.sale_id.clone(),
+        user_id: "stranger".into(),
+        quantity: 1,
+        idempotency_key: String::new(),
+    };
+    h.inventory.reserve(&stranger).await.unwrap();
+
+    let (first, _) = store.pay(&ids[0], "u0", "ref-0").await.unwrap();
+    h.pipeline.sync_inventory(&first).await.unwrap();
+    let stock = h.inventory.stock(&sale.sale_id).await.unwrap();
+    assert_eq!(
+        (stock.available, stock.held, stock.sold),
+        (0, 1, 1),
+        "the paid unit is taken back, not left for sale"
+    );
+
+    // No unit is left for the second paid order: its Confirm stays pending for the lifecycle
+    // (and reconciliation) instead of being cleared.
+    let (second, _) = store.pay(&ids[1], "u1", "ref-1").await.unwrap();
+    h.pipeline.sync_inventory(&second).await.unwrap();
+    let row = store.order(&ids[1]).await.unwrap();
+    assert_eq!(
+        row.inventory_pending,
+        Some(flashsale_orders::entity::orders::InventoryAction::Confirm),
+        "the refused confirm of a paid order stays pending"
+    );
+}
