@@ -1,9 +1,10 @@
--- LoadSale. ARGV: total, limit, starts, ends, hold
+-- LoadSale. ARGV: total, limit, starts, ends, hold, refresh_only (1 = never create)
 -- Creates the sale, or refreshes limit/window/hold of a loaded one without touching its stock.
 -- Reply: {status, total, available, held, sold}; status CREATED | UPDATED | STOCK_FIXED |
--- BUCKETS_FIXED (the sale is loaded with stock buckets).
+-- BUCKETS_FIXED (the sale is loaded with stock buckets) | MISSING (refresh_only, not loaded).
 local total, limit, starts, ends, hold =
   tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.call('EXISTS', SALE) == 0 and ARGV[6] == '1' then return {'MISSING', 0, 0, 0, 0} end
 if redis.call('EXISTS', SALE) == 0 then
   redis.call('HSET', SALE, 'total', total, 'limit', limit, 'starts', starts, 'ends', ends,
     'hold', hold, 'available', total, 'held', 0, 'sold', 0, 'sigseq', first_signal())

@@ -159,7 +159,11 @@ impl InventoryRpc for InventoryApi {
             .sale
             .ok_or_else(|| Error::invalid("sale", "is required"))?;
         let spec = sale_spec(&sale)?;
-        let loaded = self.inventory.load_sale(&spec).await?;
+        let loaded = if request.refresh_only {
+            self.inventory.refresh_sale(&spec).await?
+        } else {
+            self.inventory.load_sale(&spec).await?
+        };
         Ok(Response::new(pb::LoadSaleResponse {
             created: loaded.created,
             stock: Some(stock_pb(&spec.sale_id, &loaded.stock)),

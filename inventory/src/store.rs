@@ -278,9 +278,20 @@ impl Inventory {
     /// Loads a sale, or refreshes the limit, window and hold of a loaded one. Never touches its
     /// stock counters; a different `stock` for a loaded sale is refused.
     pub async fn load_sale(&self, spec: &SaleSpec) -> Result<Loaded, Error> {
+        self.load(spec, false).await
+    }
+
+    /// [`Self::load_sale`] for a sale Redis holds only: one Redis lost is not created again
+    /// (with its whole stock); it answers [`Error::SaleNotFound`] and changes nothing. Only a
+    /// rebuild (`Reconcile --repair`) brings a lost sale back, with its orders.
+    pub async fn refresh_sale(&self, spec: &SaleSpec) -> Result<Loaded, Error> {
+        self.load(spec, true).await
+    }
+
+    async fn load(&self, spec: &SaleSpec, refresh_only: bool) -> Result<Loaded, Error> {
         spec.validate()?;
         if spec.stock_buckets > 1 {
-            return self.load_bucketed(spec).await;
+            return self.load_bucketed(spec, refresh_only).await;
         }
         let args = vec![
             Value::from(spec.stock as i64),
@@ -288,6 +299,7 @@ impl Inventory {
             Value::from(spec.starts_at_ms),
             Value::from(spec.ends_at_ms),
             Value::from(spec.reservation_hold.as_millis() as i64),
+            Value::from(i64::from(refresh_only)),
         ];
         let reply = self
             .eval(&self.inner.scripts.load, &spec.sale_id, args)
@@ -302,6 +314,7 @@ impl Inventory {
         let created = match status.as_str() {
             "CREATED" => true,
             "UPDATED" => false,
+            "MISSING" => return Err(Error::SaleNotFound(spec.sale_id.clone())),
             "STOCK_FIXED" => {
                 return Err(Error::StockFixed {
                     sale_id: spec.sale_id.clone(),
@@ -329,7 +342,7 @@ impl Inventory {
 
     /// [`Self::load_sale`] for a sale split into stock buckets: the control record first (it
     /// decides whether the sale exists), then each bucket, created empty.
-    async fn load_bucketed(&self, spec: &SaleSpec) -> Result<Loaded, Error> {
+    async fn load_bucketed(&self, spec: &SaleSpec, refresh_only: bool) -> Result<Loaded, Error> {
         let n = spec.stock_buckets;
         let batch = buckets::batch_size(spec.stock, n);
         let hold = spec.reservation_hold.as_millis() as i64;
@@ -346,12 +359,14 @@ impl Inventory {
                     Value::from(hold),
                     Value::from(i64::from(n)),
                     Value::from(batch as i64),
+                    Value::from(i64::from(refresh_only)),
                 ],
             )
             .await?;
         let created = match text(&reply, 0)?.as_str() {
             "CREATED" => true,
             "UPDATED" => false,
+            "MISSING" => return Err(Error::SaleNotFound(spec.sale_id.clone())),
             "STOCK_FIXED" => {
                 return Err(Error::StockFixed {
                     sale_id: spec.sale_id.clone(),

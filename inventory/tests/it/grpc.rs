@@ -62,6 +62,7 @@ async fn reserve_commit_confirm_over_grpc() {
     let loaded = client
         .load_sale(pb::LoadSaleRequest {
             sale: Some(sale("g1", 5, 2)),
+            refresh_only: false,
         })
         .await
         .unwrap()
@@ -140,6 +141,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
     client
         .load_sale(pb::LoadSaleRequest {
             sale: Some(sale("g2", 5, 2)),
+            refresh_only: false,
         })
         .await
         .unwrap();
@@ -170,12 +172,16 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
     let status = client
         .load_sale(pb::LoadSaleRequest {
             sale: Some(no_window),
+            refresh_only: false,
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = client
-        .load_sale(pb::LoadSaleRequest { sale: None })
+        .load_sale(pb::LoadSaleRequest {
+            sale: None,
+            refresh_only: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -212,6 +218,7 @@ async fn redis_down_is_unavailable_within_the_timeout_and_recovers() {
     client
         .load_sale(pb::LoadSaleRequest {
             sale: Some(sale("g4", 5, 1)),
+            refresh_only: false,
         })
         .await
         .unwrap();
@@ -237,6 +244,7 @@ async fn redis_down_is_unavailable_within_the_timeout_and_recovers() {
         match client
             .load_sale(pb::LoadSaleRequest {
                 sale: Some(sale("g4", 5, 1)),
+                refresh_only: false,
             })
             .await
         {

@@ -23,16 +23,21 @@ use crate::{Error, Gateway, sales};
 const DRAIN_WAIT: Duration = Duration::from_secs(15);
 
 impl Gateway {
-    async fn load_into_inventory(&self, sale: &pb::Sale) -> Result<pb::LoadSaleResponse, Error> {
+    /// `Inventory.LoadSale`; with `refresh_only`, a sale Redis lost is left for the repair.
+    async fn load_into_inventory(
+        &self,
+        sale: &pb::Sale,
+        refresh_only: bool,
+    ) -> Result<pb::LoadSaleResponse, tonic::Status> {
         Ok(self
             .inner
             .inventory
             .clone()
             .load_sale(pb::LoadSaleRequest {
                 sale: Some(sale.clone()),
+                refresh_only,
             })
-            .await
-            .map_err(Error::Upstream)?
+            .await?
             .into_inner())
     }
 
@@ -42,7 +47,9 @@ impl Gateway {
         self.check_room(&row)?;
         let row = self.inner.store.create_sale(row).await?;
         let created = sales::sale_pb(&row);
-        self.load_into_inventory(&created).await?;
+        self.load_into_inventory(&created, false)
+            .await
+            .map_err(Error::Upstream)?;
         self.open_room(&row).await?;
         tracing::info!(sale_id = %row.sale_id, stock = row.stock, "sale created");
         Ok(created)
@@ -54,7 +61,18 @@ impl Gateway {
         let row = self.inner.store.end_sale(sale_id).await?;
         self.forget_sale(sale_id);
         let ended = sales::sale_pb(&row);
-        self.load_into_inventory(&ended).await?;
+        match self.load_into_inventory(&ended, true).await {
+            Ok(_) => {}
+            // Redis lost the sale: it stays out until `Reconcile --repair` rebuilds it, ended,
+            // with its orders (the orders whose commits wait for that keep waiting).
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                tracing::warn!(
+                    sale_id,
+                    "sale ended while Redis lacks it; repair it to restore its stock"
+                );
+            }
+            Err(status) => return Err(Error::Upstream(status)),
+        }
         Ok(ended)
     }
 

@@ -673,7 +673,10 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
         .map(|(what, sale)| {
             (
                 what,
-                enc(pb::LoadSaleRequest { sale }),
+                enc(pb::LoadSaleRequest {
+                    sale,
+                    refresh_only: false,
+                }),
                 Code::InvalidArgument,
             )
         })

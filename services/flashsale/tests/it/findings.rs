@@ -288,3 +288,76 @@ async fn finding_11_a_retry_of_an_accepted_purchase_is_never_told_sold_out() {
         );
     }
 }
+
+/// Finding 5: Redis lost the sale while an accepted order waited in the stream; the operator
+/// ends the sale before repairing it. Ending must not bring the sale back into Redis with its
+/// whole stock, and the order whose commit waits for the repair must keep waiting, not be
+/// marked lost; the repair then restores both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_05_ending_a_sale_redis_lost_keeps_its_waiting_orders() {
+    let mut mesh = Mesh::start("finding 5").await;
+    let sale = create_sale_with(&mesh, 5, 1, 600_000, |_| {}).await;
+    let written = buy(&mesh, &sale, "alice", "k").await.expect("accepted");
+    assert!(
+        order_status(&mesh, &written.order_id, Duration::from_secs(20))
+            .await
+            .is_some()
+    );
+    mesh.pause("order-consumer");
+    let waiting = buy(&mesh, &sale, "bob", "k").await.expect("accepted");
+    mesh.redis.restart().await.unwrap();
+    mesh.resume("order-consumer");
+    // Bob's order is written; its commit waits while Redis lacks the sale.
+    assert!(
+        order_status(&mesh, &waiting.order_id, Duration::from_secs(20))
+            .await
+            .is_some()
+    );
+
+    let token = mesh
+        .signer()
+        .token("operator", true, Duration::from_secs(600));
+    let mut admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
+    admin
+        .end_sale(authorized(
+            pb::EndSaleRequest {
+                sale_id: sale.sale_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .expect("the sale ends (Postgres is the source of truth)");
+    let recreated = InventoryClient::new(mesh.channel(mesh.ports.inventory).await)
+        .get_stock(pb::GetStockRequest {
+            sale_id: sale.sale_id.clone(),
+        })
+        .await;
+    assert_eq!(
+        recreated.as_ref().map_err(tonic::Status::code).err(),
+        Some(tonic::Code::NotFound),
+        "ending must not recreate the lost sale with its whole stock: {recreated:?}"
+    );
+    // The lifecycle retries the waiting commit a few times meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let row = mesh.store().await.order(&waiting.order_id).await.unwrap();
+    assert_eq!(
+        format!("{:?}", row.status),
+        "PendingPayment",
+        "the waiting order is not marked lost: {:?}",
+        row.status_reason
+    );
+
+    let repaired = admin
+        .reconcile(authorized(
+            pb::ReconcileRequest {
+                sale_id: sale.sale_id.clone(),
+                repair: true,
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let after = repaired.redis_after.expect("rebuilt");
+    assert_eq!((after.available, after.held), (3, 2), "{after:?}");
+}
