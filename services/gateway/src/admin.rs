@@ -8,7 +8,10 @@ use std::{
 
 use flashsale_orders::{
     convert::ms,
-    entity::orders::{self, Status},
+    entity::{
+        orders::{self, Status},
+        sales as sales_entity,
+    },
 };
 use flashsale_proto::{
     rules,
@@ -117,7 +120,8 @@ impl Gateway {
     }
 
     /// Compares Redis with Postgres and the stream; with `repair`, rebuilds Redis from Postgres
-    /// once the sale's queued events are written.
+    /// once the sale's queued events are written, again until no order changed under the
+    /// rebuild. A sale on sale that Redis holds is refused (`SALE_ACTIVE`): end it first.
     pub async fn reconcile(
         &self,
         sale_id: &str,
@@ -178,10 +182,27 @@ impl Gateway {
         if !repair {
             return Ok(report);
         }
-        // Queued events become orders first: otherwise their units would be missing from the
-        // rebuild (and could be sold twice).
+        // A sale on sale that Redis still holds is not rebuilt under its buyers' feet (a
+        // rebuild replaces every record at once; a bucketed one is not even atomic). One Redis
+        // lost is repaired at once: nothing can be reserved, committed or paid while it is
+        // missing, and releases wait for it.
+        let now = flashsale_proto::time::now_ms();
+        if report.redis.is_some() && sales::state(&sale, now) == pb::SaleState::Active {
+            return Err(Error::SaleActive(sale_id.to_owned()));
+        }
+        self.wait_for_drain(sale_id, pending).await?;
+        let after = self.rebuild_until_stable(&sale).await?;
+        report.repaired = true;
+        report.redis_after = Some(after);
+        Ok(report)
+    }
+}
+
+impl Gateway {
+    /// Queued events become orders first: otherwise their units would be missing from the
+    /// rebuild (and could be sold twice). Waits at most half the call's deadline.
+    async fn wait_for_drain(&self, sale_id: &str, mut pending: u64) -> Result<(), Error> {
         let deadline = Instant::now() + DRAIN_WAIT.min(self.inner.request_timeout / 2);
-        let mut pending = pending;
         while pending > 0 {
             if Instant::now() > deadline {
                 return Err(Error::StreamNotDrained {
@@ -197,37 +218,83 @@ impl Gateway {
             )
             .await?;
         }
-        let orders = self.inner.store.live_orders(sale_id).await?;
-        let (kept, waiting) = admit(&sale, orders);
+        Ok(())
+    }
+
+    /// Rebuilds Redis from a snapshot of the sale's live orders, then reads them again: an
+    /// order that changed in between (written, paid, cancelled, expired) would be rebuilt as
+    /// it was, so the rebuild is done again from the new snapshot, until a rebuild is
+    /// bracketed by two equal snapshots (at most [`REBUILD_ROUNDS`] times).
+    async fn rebuild_until_stable(
+        &self,
+        sale: &sales_entity::Model,
+    ) -> Result<pb::StockLevel, Error> {
+        let sale_id = sale.sale_id.as_str();
+        let mut snapshot = self.inner.store.live_orders(sale_id).await?;
+        for _ in 0..REBUILD_ROUNDS {
+            let after = self.rebuild_from(sale, snapshot.clone()).await?;
+            let now = self.inner.store.live_orders(sale_id).await?;
+            if same_orders(&snapshot, &now) {
+                return Ok(after);
+            }
+            tracing::info!(
+                sale_id,
+                "orders changed during the rebuild; rebuilding again"
+            );
+            snapshot = now;
+        }
+        Err(Error::RepairUnsettled(sale_id.to_owned()))
+    }
+
+    async fn rebuild_from(
+        &self,
+        sale: &sales_entity::Model,
+        orders: Vec<orders::Model>,
+    ) -> Result<pb::StockLevel, Error> {
+        let (kept, waiting) = admit(sale, orders);
         if !waiting.is_empty() {
             tracing::warn!(
-                sale_id,
+                sale_id = %sale.sale_id,
                 refused = waiting.len(),
                 "orders written while Redis had lost the sale do not fit the stock; they will be marked lost"
             );
         }
-        let reservations = kept.iter().map(reservation_of).collect();
         let after = self
             .inner
             .inventory
             .clone()
             .rebuild(pb::RebuildRequest {
-                sale: Some(sales::sale_pb(&sale)),
-                reservations,
+                sale: Some(sales::sale_pb(sale)),
+                reservations: kept.iter().map(reservation_of).collect(),
             })
             .await
             .map_err(Error::Upstream)?
             .into_inner();
         tracing::info!(
-            sale_id,
+            sale_id = %sale.sale_id,
             held = after.held,
             sold = after.sold,
             "Redis rebuilt from Postgres"
         );
-        report.repaired = true;
-        report.redis_after = Some(after);
-        Ok(report)
+        Ok(after)
     }
+}
+
+/// Most rebuilds one repair makes while orders keep changing under it.
+const REBUILD_ROUNDS: usize = 5;
+
+/// The same orders in the same states (what a rebuild is made from).
+fn same_orders(a: &[orders::Model], b: &[orders::Model]) -> bool {
+    fn key(orders: &[orders::Model]) -> std::collections::BTreeSet<(&str, &str, Option<u8>)> {
+        orders
+            .iter()
+            .map(|o| {
+                let pending = o.inventory_pending.map(|p| p as u8);
+                (o.order_id.as_str(), o.status.as_str(), pending)
+            })
+            .collect()
+    }
+    key(a) == key(b)
 }
 
 /// Which live orders the rebuilt stock holds. Orders whose commit went through before Redis was

@@ -82,6 +82,14 @@ pub enum Error {
         /// Events still queued.
         pending: u64,
     },
+    /// Reconcile --repair of a sale on sale whose stock Redis holds.
+    #[error(
+        "sale {0} is on sale and Redis holds its stock: end it first to repair it (a sale Redis lost is repaired while on sale)"
+    )]
+    SaleActive(String),
+    /// Reconcile --repair gave up: the sale's orders kept changing under every rebuild.
+    #[error("sale {0}: orders kept changing during the repair; retry")]
+    RepairUnsettled(String),
     /// Postgres failed.
     #[error("postgres: {0}")]
     Database(String),
@@ -144,7 +152,10 @@ impl IntoStatus for Error {
             Self::SoldOut { .. } | Self::UserLimit(_) | Self::Overloaded(_) => {
                 Code::ResourceExhausted
             }
-            Self::NotActive(_) | Self::StreamNotDrained { .. } => Code::FailedPrecondition,
+            Self::NotActive(_) | Self::StreamNotDrained { .. } | Self::SaleActive(_) => {
+                Code::FailedPrecondition
+            }
+            Self::RepairUnsettled(_) => Code::Aborted,
             Self::NoWaitingRoom(_) | Self::PurchaseTokenRequired(_) => Code::FailedPrecondition,
             Self::Queue(e) => {
                 use flashsale_limiter::waiting_room::RoomError as R;
@@ -181,6 +192,8 @@ impl IntoStatus for Error {
             Self::QueueUnavailable(_) => "QUEUE_UNAVAILABLE",
             Self::StockUnavailable(_) => "STOCK_UNAVAILABLE",
             Self::StreamNotDrained { .. } => "STREAM_NOT_DRAINED",
+            Self::SaleActive(_) => "SALE_ACTIVE",
+            Self::RepairUnsettled(_) => "REPAIR_UNSETTLED",
             Self::Database(_) => "POSTGRES_UNAVAILABLE",
             Self::NoWaitingRoom(_) => "NO_WAITING_ROOM",
             Self::PurchaseTokenRequired(_) => "PURCHASE_TOKEN_REQUIRED",
@@ -213,7 +226,8 @@ impl IntoStatus for Error {
             | Self::QueueUnavailable(_)
             | Self::StockUnavailable(_)
             | Self::Database(_)
-            | Self::StreamNotDrained { .. } => Some(Duration::from_secs(1)),
+            | Self::StreamNotDrained { .. }
+            | Self::RepairUnsettled(_) => Some(Duration::from_secs(1)),
             Self::Queue(flashsale_limiter::waiting_room::RoomError::Redis(_)) => {
                 Some(Duration::from_secs(1))
             }

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `Pass` | forwarded | forwarded |
 //! | `Delay(d)` | forwarded | each chunk held `d` first (past the caller's timeout) |
+//! | `Hold(d)` | each chunk held `d` first (the server acts late) | forwarded |
 //! | `Blackhole` | swallowed | swallowed; connections stay open |
 //! | `LoseReplies` | forwarded (the server acts) | dropped, and the connection closed |
 //! | `LoseNextReply` | forwarded | the next chunk dropped and its connection closed; then `Pass` |
@@ -42,6 +43,8 @@ pub enum Fault {
     Pass,
     /// Hold each reply chunk this long.
     Delay(Duration),
+    /// Hold each request chunk this long.
+    Hold(Duration),
     /// Swallow everything; connections stay open.
     Blackhole,
     /// Forward requests; drop replies and close their connections.
@@ -245,6 +248,11 @@ async fn request(state: &State, bytes: &[u8], server: &mut (impl AsyncWriteExt +
             Step::Go
         }
         Fault::Reset | Fault::Cut => Step::Reset,
+        Fault::Hold(d) => {
+            state.counters.held.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(d).await;
+            write(server, bytes).await
+        }
         _ => write(server, bytes).await,
     }
 }
@@ -252,7 +260,7 @@ async fn request(state: &State, bytes: &[u8], server: &mut (impl AsyncWriteExt +
 async fn reply(state: &State, bytes: &[u8], client: &mut (impl AsyncWriteExt + Unpin)) -> Step {
     let fault = *state.fault.borrow();
     match fault {
-        Fault::Pass => write(client, bytes).await,
+        Fault::Pass | Fault::Hold(_) => write(client, bytes).await,
         Fault::Delay(d) => {
             state.counters.held.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(d).await;
@@ -348,6 +356,11 @@ mod tests {
         proxy.set(Fault::Delay(Duration::from_millis(300)));
         let started = tokio::time::Instant::now();
         assert_eq!(ask(&mut s, b"slow", second).await.unwrap(), b"slow");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        proxy.set(Fault::Hold(Duration::from_millis(300)));
+        let started = tokio::time::Instant::now();
+        assert_eq!(ask(&mut s, b"late", second).await.unwrap(), b"late");
         assert!(started.elapsed() >= Duration::from_millis(300));
 
         proxy.set(Fault::Blackhole);

@@ -311,15 +311,15 @@ async fn inject(mesh: &mut Mesh, sale_id: &str, fault: &Fault) {
         }
         Fault::Network { hop, fault, down } => {
             let hops = mesh.hops.as_ref().expect("hop faults need the proxies");
-            let proxy = match hop {
-                Hop::Redis => &hops.redis,
-                Hop::Nats => &hops.nats,
-                Hop::Postgres => &hops.postgres,
-                Hop::Inventory => &hops.inventory,
+            let proxies = match hop {
+                Hop::Redis => vec![&hops.redis],
+                Hop::Nats => vec![&hops.nats],
+                Hop::Postgres => vec![&hops.postgres],
+                Hop::Inventory => vec![&hops.inventory, &hops.gateway_inventory],
             };
-            proxy.set(*fault);
+            proxies.iter().for_each(|p| p.set(*fault));
             tokio::time::sleep(*down).await;
-            proxy.heal();
+            proxies.iter().for_each(|p| p.heal());
         }
     }
 }
@@ -440,10 +440,16 @@ async fn run(schedule: &Schedule) -> Outcome {
         lines.push(format!("process logs kept in {}", logs.keep().display()));
     }
     let struck = mesh.hops.as_ref().map_or(0, |h| {
-        [&h.redis, &h.nats, &h.postgres, &h.inventory]
-            .iter()
-            .map(|p| p.struck())
-            .sum()
+        [
+            &h.redis,
+            &h.nats,
+            &h.postgres,
+            &h.inventory,
+            &h.gateway_inventory,
+        ]
+        .iter()
+        .map(|p| p.struck())
+        .sum()
     });
     Outcome {
         faults: schedule.steps.len(),

@@ -361,3 +361,110 @@ async fn finding_05_ending_a_sale_redis_lost_keeps_its_waiting_orders() {
     let after = repaired.redis_after.expect("rebuilt");
     assert_eq!((after.available, after.held), (3, 2), "{after:?}");
 }
+
+/// Finding 3: `Reconcile --repair` snapshots Postgres, then rebuilds Redis; orders that change
+/// in between (here: a buyer cancelling while an operator repairs the ended sale) must not come
+/// back to life in Redis. Afterwards Redis holds exactly what Postgres
+/// says is pending. And a sale on sale that Redis still holds is not repaired under the
+/// buyers' feet: the repair refuses with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_03_a_repair_while_orders_change_revives_none() {
+    let mesh = Mesh::start_with(
+        "finding 3",
+        Extra {
+            proxies: true,
+            ..Extra::default()
+        },
+    )
+    .await;
+    let sale = create_sale_with(&mesh, 120, 1, 600_000, |_| {}).await;
+    let mut orders = Vec::new();
+    for i in 0..120 {
+        let user = format!("buyer-{i}");
+        let accepted = buy(&mesh, &sale, &user, "k").await.expect("accepted");
+        orders.push((user, accepted.order_id));
+    }
+    let store = mesh.store().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .live_orders(&sale.sale_id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|o| o.inventory_pending.is_none())
+        .count()
+        < orders.len()
+    {
+        assert!(Instant::now() < deadline, "orders written and committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = mesh
+        .signer()
+        .token("operator", true, Duration::from_secs(600));
+    let admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
+    let repair = |mut admin: SaleAdminClient<tonic::transport::Channel>| {
+        let (sale_id, token) = (sale.sale_id.clone(), token.clone());
+        async move {
+            admin
+                .reconcile(authorized(
+                    pb::ReconcileRequest {
+                        sale_id,
+                        repair: true,
+                    },
+                    &token,
+                ))
+                .await
+        }
+    };
+    let refused = repair(admin.clone()).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), reason_of(&refused).as_deref()),
+        (tonic::Code::FailedPrecondition, Some("SALE_ACTIVE")),
+        "{refused:?}"
+    );
+    admin
+        .clone()
+        .end_sale(authorized(
+            pb::EndSaleRequest {
+                sale_id: sale.sale_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+
+    // The gateway's calls to the inventory arrive late (each chunk held 300 ms), so a repair
+    // takes seconds between its snapshot of Postgres and its rebuild of Redis. In each round a
+    // buyer cancels at another moment of the repair; when the repair has answered, Redis must
+    // hold what Postgres says is pending.
+    let hop = &mesh.hops.as_ref().unwrap().gateway_inventory;
+    hop.set(flashsale_testkit::Fault::Hold(Duration::from_millis(300)));
+    let mut client = flashsale_proto::v1::orders_client::OrdersClient::new(
+        mesh.channel(mesh.ports.orders).await,
+    );
+    let mut pending = orders.len() as u64;
+    for (round, (user, order_id)) in orders.iter().take(10).enumerate() {
+        let repairing = tokio::spawn(repair(admin.clone()));
+        tokio::time::sleep(Duration::from_millis(250 * round as u64)).await;
+        client
+            .cancel(pb::CancelRequest {
+                order_id: order_id.clone(),
+                user_id: user.clone(),
+            })
+            .await
+            .unwrap();
+        pending -= 1;
+        repairing
+            .await
+            .unwrap()
+            .expect("the repair of the ended sale goes through");
+        let level = stock(&mesh, &sale).await;
+        assert_eq!(
+            level.held, pending,
+            "round {round}: after the repair Redis holds {} units, Postgres has {pending} pending \
+             (a cancelled order came back to life): {level:?}",
+            level.held
+        );
+    }
+    hop.heal();
+}

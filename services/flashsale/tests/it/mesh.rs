@@ -51,8 +51,10 @@ pub(crate) struct Hops {
     pub(crate) nats: FaultProxy,
     /// Every component → Postgres.
     pub(crate) postgres: FaultProxy,
-    /// Gateway, orders and order consumer → the inventory's gRPC server.
+    /// Orders and order consumer → the inventory's gRPC server.
     pub(crate) inventory: FaultProxy,
+    /// The gateway → the inventory's gRPC server.
+    pub(crate) gateway_inventory: FaultProxy,
 }
 
 /// NATS: one server, or a cluster.
@@ -175,12 +177,13 @@ impl Mesh {
                 nats: FaultProxy::to_port(nats_port).await.unwrap(),
                 postgres: FaultProxy::to_port(pg.port()).await.unwrap(),
                 inventory: FaultProxy::to_port(ports.inventory).await.unwrap(),
+                gateway_inventory: FaultProxy::to_port(ports.inventory).await.unwrap(),
             })
         } else {
             None
         };
         // What the components dial: the servers, or the proxies in front of them.
-        let (redis_url, nats_url, pg_url, inventory_port) = match &hops {
+        let (redis_url, nats_url, pg_url, inventory_port, gateway_inventory_port) = match &hops {
             Some(h) => (
                 format!("redis://127.0.0.1:{}", h.redis.port()),
                 format!("nats://127.0.0.1:{}", h.nats.port()),
@@ -190,8 +193,15 @@ impl Mesh {
                     1,
                 ),
                 h.inventory.port(),
+                h.gateway_inventory.port(),
             ),
-            None => (redis.url(), nats.url(), db.url.clone(), ports.inventory),
+            None => (
+                redis.url(),
+                nats.url(),
+                db.url.clone(),
+                ports.inventory,
+                ports.inventory,
+            ),
         };
         let dir = tempfile::tempdir().unwrap();
         let rules = dir.path().join("limits.yaml");
@@ -218,7 +228,7 @@ url = "{pg}"
 
 [gateway]
 listen = "127.0.0.1:{gw}"
-inventory_url = "{scheme}://127.0.0.1:{inv_hop}"
+inventory_url = "{scheme}://127.0.0.1:{gw_inv_hop}"
 orders_url = "{scheme}://127.0.0.1:{ord}"
 [gateway.auth]
 secret = "{SECRET}"
@@ -256,6 +266,7 @@ upstream = "http://127.0.0.1:{gw}"
                 nats = nats_url,
                 pg = pg_url,
                 inv_hop = inventory_port,
+                gw_inv_hop = gateway_inventory_port,
                 gw = ports.gateway,
                 inv = ports.inventory,
                 ord = ports.orders,
