@@ -121,7 +121,7 @@ impl Gateway {
 
     /// Compares Redis with Postgres and the stream; with `repair`, rebuilds Redis from Postgres
     /// once the sale's queued events are written, again until no order changed under the
-    /// rebuild. A sale on sale that Redis holds is refused (`SALE_ACTIVE`): end it first.
+    /// rebuild. A bucketed sale on sale that Redis holds is refused (`SALE_ACTIVE`).
     pub async fn reconcile(
         &self,
         sale_id: &str,
@@ -182,12 +182,16 @@ impl Gateway {
         if !repair {
             return Ok(report);
         }
-        // A sale on sale that Redis still holds is not rebuilt under its buyers' feet (a
-        // rebuild replaces every record at once; a bucketed one is not even atomic). One Redis
-        // lost is repaired at once: nothing can be reserved, committed or paid while it is
-        // missing, and releases wait for it.
+        // A bucketed sale on sale that Redis holds is not rebuilt under its buyers' feet: its
+        // rebuild is one script per bucket, not atomic across them, and transfers in flight
+        // would cross it. A single-slot sale is rebuilt by one atomic script, again until no
+        // order changed under it; one Redis lost is repaired at once (nothing can be reserved,
+        // committed or paid while it is missing, and releases wait for it).
         let now = flashsale_proto::time::now_ms();
-        if report.redis.is_some() && sales::state(&sale, now) == pb::SaleState::Active {
+        if report.redis.is_some()
+            && sale.stock_buckets > 1
+            && sales::state(&sale, now) == pb::SaleState::Active
+        {
             return Err(Error::SaleActive(sale_id.to_owned()));
         }
         self.wait_for_drain(sale_id, pending).await?;
