@@ -5,15 +5,27 @@ use flashsale_testkit::NatsServer;
 
 use crate::{assert_consistent, inventory, open_sale, request};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sweepers_release_expired_reservations_once_and_clear_sold_out() {
+/// An inventory publishing its stock signals on a throwaway NATS, and flags following them as
+/// a gateway's would.
+async fn signalled() -> (
+    NatsServer,
+    flashsale_testkit::RedisServer,
+    flashsale_inventory::Inventory,
+    SoldOutFlags,
+) {
     let nats = NatsServer::start().await.unwrap();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let flags = SoldOutFlags::subscribe(&client, "test.stock")
         .await
         .unwrap();
     client.flush().await.unwrap();
-    let (_redis, inv) = inventory(Some(Signals::new(client.clone(), "test.stock"))).await;
+    let (redis, inv) = inventory(Some(Signals::new(client, "test.stock"))).await;
+    (nats, redis, inv, flags)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweepers_release_expired_reservations_once_and_clear_sold_out() {
+    let (_nats, _redis, inv, flags) = signalled().await;
 
     let mut sale = open_sale(200, 1);
     sale.reservation_hold = Duration::from_secs(1);
@@ -153,13 +165,7 @@ async fn finding_09_one_failing_sale_does_not_halt_the_sweep() {
 /// as older, so a flag stuck at sold out, or never rose).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_06_signals_of_a_rebuilt_sale_are_not_taken_for_old_ones() {
-    let nats = NatsServer::start().await.unwrap();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let flags = SoldOutFlags::subscribe(&client, "test.stock")
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-    let (redis, inv) = inventory(Some(Signals::new(client.clone(), "test.stock"))).await;
+    let (_nats, redis, inv, flags) = signalled().await;
     let sale = open_sale(1, 1);
     inv.load_sale(&sale).await.unwrap();
 

@@ -86,31 +86,7 @@ async fn poison_events_are_dead_lettered_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_past_max_deliver_are_dead_lettered() {
     let h = harness().await;
-    let mut config = h.config.stream.clone();
-    config.max_deliver = 2;
-    config.backoff = vec![Duration::from_millis(200), Duration::from_millis(200)];
-    let consumer = flashsale_orders::stream::ensure(&h.js, &config)
-        .await
-        .unwrap();
-    let watcher = tokio::spawn(flashsale_orders::stream::watch_max_deliveries(
-        h.js.clone(),
-        h.client.clone(),
-        config.clone(),
-        h.shutdown.child(),
-    ));
-    h.client.flush().await.unwrap();
-    let window = Duration::from_secs(900);
-    let sale = h.sale(10, 1, window).await;
-    let event = h.reserve(&sale, "a", window).await;
-    publish_all(
-        &h.js,
-        &config.subject_prefix,
-        std::slice::from_ref(&event),
-        1,
-    )
-    .await;
-
-    fail_twice(&consumer).await;
+    let PastMaxDeliver { watcher, event, .. } = past_max_deliver(&h, false).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while h.dead_letters().await == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no dead letter");
@@ -129,6 +105,50 @@ async fn events_past_max_deliver_are_dead_lettered() {
     h.drained(Duration::from_secs(5)).await;
     h.shutdown.trigger();
     watcher.await.unwrap().unwrap();
+}
+
+/// An event that reached `max_deliver` (2) with the max-deliveries watcher running; with
+/// `no_dead_letters`, the dead-letter stream is deleted first, so the watcher's publish fails.
+async fn past_max_deliver(h: &crate::Harness, no_dead_letters: bool) -> PastMaxDeliver {
+    let mut config = h.config.stream.clone();
+    config.max_deliver = 2;
+    config.backoff = vec![Duration::from_millis(200), Duration::from_millis(200)];
+    let consumer = flashsale_orders::stream::ensure(&h.js, &config)
+        .await
+        .unwrap();
+    if no_dead_letters {
+        h.js.delete_stream(&config.dead_letter_name).await.unwrap();
+    }
+    let watcher = tokio::spawn(flashsale_orders::stream::watch_max_deliveries(
+        h.js.clone(),
+        h.client.clone(),
+        config.clone(),
+        h.shutdown.child(),
+    ));
+    h.client.flush().await.unwrap();
+    let window = Duration::from_secs(900);
+    let sale = h.sale(10, 1, window).await;
+    let event = h.reserve(&sale, "a", window).await;
+    publish_all(
+        &h.js,
+        &config.subject_prefix,
+        std::slice::from_ref(&event),
+        1,
+    )
+    .await;
+    fail_twice(&consumer).await;
+    PastMaxDeliver {
+        config,
+        watcher,
+        event,
+    }
+}
+
+/// What [`past_max_deliver`] set up.
+struct PastMaxDeliver {
+    config: flashsale_orders::config::StreamConfig,
+    watcher: tokio::task::JoinHandle<Result<(), flashsale_orders::Error>>,
+    event: flashsale_proto::v1::OrderRequested,
 }
 
 /// A consumer that keeps failing: receives twice, never acknowledges; then the pull on which
@@ -164,31 +184,11 @@ async fn fail_twice(consumer: &async_nats::jetstream::consumer::PullConsumer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_09_a_failed_dead_letter_publish_is_retried_not_fatal() {
     let h = harness().await;
-    let mut config = h.config.stream.clone();
-    config.max_deliver = 2;
-    config.backoff = vec![Duration::from_millis(200), Duration::from_millis(200)];
-    let consumer = flashsale_orders::stream::ensure(&h.js, &config)
-        .await
-        .unwrap();
-    h.js.delete_stream(&config.dead_letter_name).await.unwrap();
-    let watcher = tokio::spawn(flashsale_orders::stream::watch_max_deliveries(
-        h.js.clone(),
-        h.client.clone(),
-        config.clone(),
-        h.shutdown.child(),
-    ));
-    h.client.flush().await.unwrap();
-    let window = Duration::from_secs(900);
-    let sale = h.sale(10, 1, window).await;
-    let event = h.reserve(&sale, "a", window).await;
-    publish_all(
-        &h.js,
-        &config.subject_prefix,
-        std::slice::from_ref(&event),
-        1,
-    )
-    .await;
-    fail_twice(&consumer).await;
+    let PastMaxDeliver {
+        config,
+        watcher,
+        event,
+    } = past_max_deliver(&h, true).await;
 
     // The advisory has come and its publish failed; the dead-letter stream comes back.
     tokio::time::sleep(Duration::from_secs(1)).await;

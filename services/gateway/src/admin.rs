@@ -121,7 +121,7 @@ impl Gateway {
 
     /// Compares Redis with Postgres and the stream; with `repair`, rebuilds Redis from Postgres
     /// once the sale's queued events are written, again until no order changed under the
-    /// rebuild. A bucketed sale on sale that Redis holds is refused (`SALE_ACTIVE`).
+    /// rebuild. A sale on sale that Redis holds is refused (`SALE_ACTIVE`): end it first.
     pub async fn reconcile(
         &self,
         sale_id: &str,
@@ -182,20 +182,23 @@ impl Gateway {
         if !repair {
             return Ok(report);
         }
-        // A bucketed sale on sale that Redis holds is not rebuilt under its buyers' feet: its
-        // rebuild is one script per bucket, not atomic across them, and transfers in flight
-        // would cross it. A single-slot sale is rebuilt by one atomic script, again until no
-        // order changed under it; one Redis lost is repaired at once (nothing can be reserved,
-        // committed or paid while it is missing, and releases wait for it).
+        // A sale on sale that Redis holds is not rebuilt under its buyers' feet: a rebuild
+        // replaces every record (and a bucketed one is not even atomic across its buckets).
+        // One Redis lost is rebuilt at once, once: nothing can be reserved, committed or paid
+        // while it is missing, and releases wait for it. A sale off sale is rebuilt again
+        // until no order changed under the rebuild.
         let now = flashsale_proto::time::now_ms();
-        if report.redis.is_some()
-            && sale.stock_buckets > 1
-            && sales::state(&sale, now) == pb::SaleState::Active
-        {
+        let active = sales::state(&sale, now) == pb::SaleState::Active;
+        if report.redis.is_some() && active {
             return Err(Error::SaleActive(sale_id.to_owned()));
         }
         self.wait_for_drain(sale_id, pending).await?;
-        let after = self.rebuild_until_stable(&sale).await?;
+        let after = if active {
+            let orders = self.inner.store.live_orders(sale_id).await?;
+            self.rebuild_from(&sale, orders).await?
+        } else {
+            self.rebuild_until_stable(&sale).await?
+        };
         report.repaired = true;
         report.redis_after = Some(after);
         Ok(report)
@@ -228,7 +231,8 @@ impl Gateway {
     /// Rebuilds Redis from a snapshot of the sale's live orders, then reads them again: an
     /// order that changed in between (written, paid, cancelled, expired) would be rebuilt as
     /// it was, so the rebuild is done again from the new snapshot, until a rebuild is
-    /// bracketed by two equal snapshots (at most [`REBUILD_ROUNDS`] times).
+    /// bracketed by two equal snapshots (at most [`REBUILD_ROUNDS`] times). Only for a sale
+    /// off sale: a later round must not replace reservations buyers made since the first.
     async fn rebuild_until_stable(
         &self,
         sale: &sales_entity::Model,

@@ -82,9 +82,9 @@ pub enum Error {
         /// Events still queued.
         pending: u64,
     },
-    /// Reconcile --repair of a bucketed sale on sale whose stock Redis holds.
+    /// Reconcile --repair of a sale on sale whose stock Redis holds.
     #[error(
-        "sale {0} keeps its stock in buckets, is on sale and Redis holds it: end it first to repair it (a sale Redis lost is repaired while on sale)"
+        "sale {0} is on sale and Redis holds its stock: end it first to repair it (a sale Redis lost is repaired while on sale)"
     )]
     SaleActive(String),
     /// Reconcile --repair gave up: the sale's orders kept changing under every rebuild.
