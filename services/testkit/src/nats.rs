@@ -269,6 +269,9 @@ impl NatsCluster {
                 format!("nats://{LOOPBACK}:{}", route_ports[i]).into(),
                 "--routes".into(),
                 routes.join(",").into(),
+                // Clients know only the URLs they were given (a test may put a proxy in front
+                // of each node), not the others' addresses learnt from the cluster.
+                "--no_advertise".into(),
             ];
             let mut node = NatsServer::unstarted(
                 Dir::temp("flashsale-nats-node-")?,
@@ -334,6 +337,11 @@ impl NatsCluster {
             .map(NatsServer::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Every node's client port.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(NatsServer::port).collect()
     }
 
     /// Every node's address, for a client that fails over between them.

@@ -10,7 +10,7 @@
 //! | `Pass` | forwarded | forwarded |
 //! | `Delay(d)` | forwarded | each chunk held `d` first (past the caller's timeout) |
 //! | `Hold(d)` | each chunk held `d` first (the server acts late) | forwarded |
-//! | `Blackhole` | swallowed | swallowed; connections stay open |
+//! | `Blackhole` | swallowed | swallowed; connections stay open while it lasts (one that lost bytes is reset when it ends: a TCP stream never goes on past a gap) |
 //! | `LoseReplies` | forwarded (the server acts) | dropped, and the connection closed |
 //! | `LoseNextReply` | forwarded | the next chunk dropped and its connection closed; then `Pass` |
 //! | `Bandwidth(b)` | forwarded | trickled at `b` bytes a second |
@@ -191,6 +191,8 @@ fn reset(stream: TcpStream) {
 /// How one relay step ended.
 enum Step {
     Go,
+    /// Bytes were swallowed (`Blackhole`): the stream has a gap from now on.
+    Swallowed,
     Closed,
     Reset,
 }
@@ -202,6 +204,7 @@ async fn relay(mut client: TcpStream, state: Arc<State>) {
     let _ = (client.set_nodelay(true), server.set_nodelay(true));
     let mut changes = state.fault.subscribe();
     let (mut up, mut down) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let mut gap = false;
     let end = {
         let (mut client_rx, mut client_tx) = client.split();
         let (mut server_rx, mut server_tx) = server.split();
@@ -223,7 +226,13 @@ async fn relay(mut client: TcpStream, state: Arc<State>) {
             };
             match step {
                 Step::Go => {}
+                Step::Swallowed => gap = true,
                 other => break other,
+            }
+            // Past a gap the bytes on either side no longer line up (a reply would answer
+            // another request): once the blackhole ends, the connection ends too.
+            if gap && *state.fault.borrow() != Fault::Blackhole {
+                break Step::Reset;
             }
         }
     };
@@ -245,7 +254,7 @@ async fn request(state: &State, bytes: &[u8], server: &mut (impl AsyncWriteExt +
     match fault {
         Fault::Blackhole => {
             state.counters.held.fetch_add(1, Ordering::Relaxed);
-            Step::Go
+            Step::Swallowed
         }
         Fault::Reset | Fault::Cut => Step::Reset,
         Fault::Hold(d) => {
@@ -268,7 +277,7 @@ async fn reply(state: &State, bytes: &[u8], client: &mut (impl AsyncWriteExt + U
         }
         Fault::Blackhole => {
             state.counters.held.fetch_add(1, Ordering::Relaxed);
-            Step::Go
+            Step::Swallowed
         }
         Fault::LoseReplies => lose(state),
         Fault::LoseNextReply => {
@@ -366,6 +375,11 @@ mod tests {
         proxy.set(Fault::Blackhole);
         let silent = ask(&mut s, b"gone", Duration::from_millis(200)).await;
         assert_eq!(silent.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        proxy.heal();
+        assert!(
+            ask(&mut s, b"next", second).await.is_err(),
+            "a connection that lost bytes ends with the blackhole"
+        );
 
         proxy.set(Fault::LoseNextReply);
         let mut s = connect().await.unwrap();
