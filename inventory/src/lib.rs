@@ -11,7 +11,13 @@
 //!
 //! A reservation moves `HELD → COMMITTED → CONFIRMED`, or to `RELEASED` from `HELD` or
 //! `COMMITTED`. Each transition is a compare-and-set inside its script, idempotent when repeated,
-//! refused when it does not apply.
+//! refused when it does not apply. A `HELD` reservation becomes *queued* once the gateway knows
+//! the order stream holds its event (`queued.lua`, [`Inventory::mark_queued`]): from then on
+//! neither its hold's expiry nor a compensation releases it, only its order's lifecycle. That is
+//! what lets the gateway answer "accepted" and keep the promise however long the order takes
+//! to be written. `RELEASED` is final except for the order consumer's commit, which takes back
+//! a reservation released by its hold or a compensation when stock allows, and Confirm, which
+//! does the same for a paid order.
 //!
 //! A hot item may split its stock into buckets on different slots, so several Redis Cluster
 //! masters share its reservations; [`buckets`] explains why the per-user limit, atomicity and

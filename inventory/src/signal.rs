@@ -60,8 +60,9 @@ impl Signals {
 struct Flag {
     sold_out: bool,
     sequence: u64,
-    /// How many times the stock was seen coming back (sold out → not): what a gateway keys its
-    /// snapshots of a sold-out sale on (a snapshot from before the stock came back is stale).
+    /// Changes whenever the stock is seen coming back (sold out → not) and with every newer
+    /// signal: what a gateway keys its snapshots of a sold-out sale on (one from before is
+    /// stale).
     episode: u64,
 }
 
@@ -111,6 +112,11 @@ impl SoldOutFlags {
             episode: 0,
         });
         if signal.sequence >= entry.sequence {
+            // A newer signal may come from a sale Redis rebuilt: whatever the flag says, what
+            // a gateway read of the sale before it is stale.
+            if signal.sequence > entry.sequence {
+                entry.episode += 1;
+            }
             entry.set(signal.sold_out);
             entry.sequence = signal.sequence;
         }
@@ -130,7 +136,8 @@ impl SoldOutFlags {
     }
 
     /// While the sale is sold out: which sold-out spell this is (it changes every time the
-    /// stock is seen coming back). `None` when the sale is not sold out.
+    /// stock is seen coming back, and with every newer signal, a rebuilt sale's included).
+    /// `None` when the sale is not sold out.
     pub fn sold_out_episode(&self, sale_id: &str) -> Option<u64> {
         self.flags
             .read()
@@ -192,6 +199,13 @@ mod tests {
         flags.observe("s", false);
         assert_eq!(flags.sold_out_episode("s"), None);
         flags.apply(&signal(true, 3));
-        assert_ne!(flags.sold_out_episode("s"), Some(first), "a new spell");
+        let second = flags.sold_out_episode("s");
+        assert_ne!(second, Some(first), "a new spell");
+        flags.apply(&signal(true, 9));
+        assert_ne!(
+            flags.sold_out_episode("s"),
+            second,
+            "a newer signal (a rebuilt sale's) starts a new spell even while sold out"
+        );
     }
 }

@@ -1289,7 +1289,8 @@ impl Inventory {
     }
 
     /// The fingerprints ([`crate::model::key_fingerprint`]) of every buyer's key that made a
-    /// reservation in the sale; `None` when there are more than `limit`.
+    /// reservation in the sale; `None` when there are more than `limit`. A sale Redis does not
+    /// hold is [`Error::SaleNotFound`].
     pub async fn key_fingerprints(
         &self,
         sale_id: &str,
@@ -1301,6 +1302,14 @@ impl Inventory {
                 "limit",
                 format!("{limit} is outside 1..={}", crate::model::MAX_FINGERPRINTS),
             ));
+        }
+        // A sale Redis lost has no keys to tell: not an empty set (that would let a gateway
+        // answer SOLD_OUT from memory to a buyer whose accepted purchase is being restored).
+        let loaded: bool = self
+            .command(self.inner.redis.exists(buckets::hash_key(sale_id)))
+            .await?;
+        if !loaded {
+            return Err(Error::SaleNotFound(sale_id.to_owned()));
         }
         let mut fingerprints = Vec::new();
         for tag in self.tags(sale_id).await? {

@@ -64,6 +64,9 @@ enum Hop {
     Postgres,
     /// Gateway, orders and consumer to the inventory's gRPC server.
     Inventory,
+    /// Every component to one node of the 3-node NATS cluster (the node itself stays in the
+    /// cluster: cut off, it is a node the mesh cannot reach).
+    NatsNode(usize),
 }
 
 impl Hop {
@@ -124,7 +127,14 @@ struct Schedule {
 
 impl Schedule {
     fn one(fault: Fault, at: Duration) -> Self {
-        let cluster = matches!(fault, Fault::KillNatsNode { .. });
+        let cluster = matches!(
+            fault,
+            Fault::KillNatsNode { .. }
+                | Fault::Network {
+                    hop: Hop::NatsNode(_),
+                    ..
+                }
+        );
         Self {
             seed: 0,
             cluster,
@@ -132,10 +142,10 @@ impl Schedule {
         }
     }
 
-    /// Proxies on the hops: schedules with one NATS server have them (a NATS node fault needs
-    /// the cluster, and the proxies stand in front of one server).
+    /// Proxies on the hops: schedules with one NATS server have them, and cluster schedules
+    /// with a hop fault (the random cluster schedules draw none).
     fn proxies(&self) -> bool {
-        !self.cluster
+        !self.cluster || self.steps.iter().any(|(_, f)| f.needs_proxies())
     }
 
     /// Two to four faults at random moments of the load, from `seed`.
@@ -321,7 +331,8 @@ async fn inject(mesh: &mut Mesh, sale_id: &str, fault: &Fault) {
             let hops = mesh.hops.as_ref().expect("hop faults need the proxies");
             let proxies = match hop {
                 Hop::Redis => vec![&hops.redis],
-                Hop::Nats => vec![&hops.nats],
+                Hop::Nats => hops.nats.iter().collect(),
+                Hop::NatsNode(i) => vec![&hops.nats[*i]],
                 Hop::Postgres => vec![&hops.postgres],
                 Hop::Inventory => vec![&hops.inventory, &hops.gateway_inventory],
             };
@@ -448,16 +459,11 @@ async fn run(schedule: &Schedule) -> Outcome {
         lines.push(format!("process logs kept in {}", logs.keep().display()));
     }
     let struck = mesh.hops.as_ref().map_or(0, |h| {
-        [
-            &h.redis,
-            &h.nats,
-            &h.postgres,
-            &h.inventory,
-            &h.gateway_inventory,
-        ]
-        .iter()
-        .map(|p| p.struck())
-        .sum()
+        [&h.redis, &h.postgres, &h.inventory, &h.gateway_inventory]
+            .into_iter()
+            .chain(&h.nats)
+            .map(|p| p.struck())
+            .sum()
     });
     Outcome {
         faults: schedule.steps.len(),
@@ -712,6 +718,14 @@ async fn inventory_answers_after_the_callers_gave_up() {
         1_000,
     )
     .await;
+}
+
+/// One node of the 3-node JetStream cluster (stream replicas 3) is cut off from the mesh: its
+/// client connections reset, new ones refused, while it stays in the cluster. Publishers and
+/// the consumer fail over to the other two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_node_cut_off_from_the_mesh() {
+    hop_fault(Hop::NatsNode(0), Net::Cut, 1_500, 1_000).await;
 }
 
 /// Postgres is cut off (open connections reset, new ones refused) while orders are written.

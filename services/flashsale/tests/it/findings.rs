@@ -468,3 +468,70 @@ async fn finding_03_a_repair_while_orders_change_revives_none() {
     }
     hop.heal();
 }
+
+/// Finding 11, when Redis lost the sale: a gateway that reads the sale's keys while Redis is
+/// empty must not take "no keys" for an answer, and must read them again once the sale is
+/// rebuilt; the buyer of the last unit, retrying, never hears SOLD_OUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_11_a_retry_while_redis_lost_the_sale_is_never_told_sold_out() {
+    let extra = Extra {
+        // The sold-out memory stays fresh across the whole scenario.
+        env: vec![("FLASHSALE_GATEWAY__SOLD_OUT_TTL".into(), "30s".into())],
+        ..Extra::default()
+    };
+    let mut mesh = Mesh::start_with("finding 11 with Redis lost", extra).await;
+    let sale = create_sale_with(&mesh, 1, 1, 600_000, |_| {}).await;
+    let first = buy(&mesh, &sale, "alice", "key-1").await.expect("accepted");
+    assert!(
+        order_status(&mesh, &first.order_id, Duration::from_secs(20))
+            .await
+            .is_some()
+    );
+    // Without a key: the gateway needs no key set for bob, so it has read none yet.
+    let stranger = buy(&mesh, &sale, "bob", "").await.unwrap_err();
+    assert_eq!(reason_of(&stranger).as_deref(), Some("SOLD_OUT"));
+
+    mesh.redis.restart().await.unwrap();
+    let another = buy(&mesh, &sale, "carol", "k").await.unwrap_err();
+    let retry = buy(&mesh, &sale, "alice", "key-1").await;
+    assert_ne!(
+        retry.as_ref().err().and_then(reason_of).as_deref(),
+        Some("SOLD_OUT"),
+        "alice's retry while Redis lacks the sale: {retry:?} (carol heard {another:?})"
+    );
+
+    let token = mesh
+        .signer()
+        .token("operator", true, Duration::from_secs(600));
+    SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await)
+        .reconcile(authorized(
+            pb::ReconcileRequest {
+                sale_id: sale.sale_id.clone(),
+                repair: true,
+            },
+            &token,
+        ))
+        .await
+        .expect("the lost sale is repaired");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match buy(&mesh, &sale, "alice", "key-1").await {
+            Ok(again) => {
+                assert_eq!(again.order_id, first.order_id);
+                break;
+            }
+            Err(status) => {
+                assert_ne!(
+                    reason_of(&status).as_deref(),
+                    Some("SOLD_OUT"),
+                    "{status:?}"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "never the original answer: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -47,8 +47,8 @@ pub(crate) struct Extra {
 pub(crate) struct Hops {
     /// Every component → Redis.
     pub(crate) redis: FaultProxy,
-    /// Every component → NATS.
-    pub(crate) nats: FaultProxy,
+    /// Every component → NATS: one proxy per node.
+    pub(crate) nats: Vec<FaultProxy>,
     /// Every component → Postgres.
     pub(crate) postgres: FaultProxy,
     /// Orders and order consumer → the inventory's gRPC server.
@@ -168,13 +168,17 @@ impl Mesh {
             sidecar: free_port().unwrap(),
         };
         let hops = if extra.proxies {
-            let nats_port = match &nats {
-                Nats::Single(server) => server.port(),
-                Nats::Cluster(_) => panic!("fault proxies go in front of one NATS server"),
+            let nats_ports = match &nats {
+                Nats::Single(server) => vec![server.port()],
+                Nats::Cluster(cluster) => cluster.ports(),
             };
+            let mut nats_hops = Vec::new();
+            for port in nats_ports {
+                nats_hops.push(FaultProxy::to_port(port).await.unwrap());
+            }
             Some(Hops {
                 redis: FaultProxy::to_port(redis.port()).await.unwrap(),
-                nats: FaultProxy::to_port(nats_port).await.unwrap(),
+                nats: nats_hops,
                 postgres: FaultProxy::to_port(pg.port()).await.unwrap(),
                 inventory: FaultProxy::to_port(ports.inventory).await.unwrap(),
                 gateway_inventory: FaultProxy::to_port(ports.inventory).await.unwrap(),
@@ -186,7 +190,11 @@ impl Mesh {
         let (redis_url, nats_url, pg_url, inventory_port, gateway_inventory_port) = match &hops {
             Some(h) => (
                 format!("redis://127.0.0.1:{}", h.redis.port()),
-                format!("nats://127.0.0.1:{}", h.nats.port()),
+                h.nats
+                    .iter()
+                    .map(|p| format!("nats://127.0.0.1:{}", p.port()))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 db.url.replacen(
                     &format!(":{}/", pg.port()),
                     &format!(":{}/", h.postgres.port()),
