@@ -251,7 +251,8 @@ pub fn user_id(n: u32) -> String {
 
 /// What one attempt ended with: the buyer, its key, and the accepted purchase or the refusal's
 /// reason.
-type Answer = (String, String, Result<pb::PurchaseAccepted, String>);
+/// (buyer, key, final answer, whether a try before it went unanswered)
+type Answer = (String, String, Result<pb::PurchaseAccepted, String>, bool);
 
 /// One attempt as its buyer saw it in the end (after its retries).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +263,10 @@ pub struct Outcome {
     pub idempotency_key: String,
     /// The order id, or the reason (`SOLD_OUT`, `UNAVAILABLE`, ...).
     pub answer: Result<String, String>,
+    /// A try before the final answer could not learn its fate (UNAVAILABLE and the like): a
+    /// refusal after it does not say that try left nothing behind (Redis may have lost what
+    /// the try did), so the attempt counts as unanswered.
+    pub uncertain: bool,
 }
 
 /// What an answer tells about whether an order can exist for the attempt.
@@ -281,7 +286,7 @@ impl Outcome {
     pub fn verdict(&self) -> Verdict {
         match &self.answer {
             Ok(_) => Verdict::Accepted,
-            Err(reason) if Self::refusal(reason) => Verdict::Refused,
+            Err(reason) if Self::refusal(reason) && !self.uncertain => Verdict::Refused,
             Err(_) => Verdict::Unknown,
         }
     }
@@ -379,7 +384,8 @@ pub async fn run(
                 progress.clone(),
             );
             async move {
-                let answer = attempt(target, &buyers, &sale_id, &plan, quantity, retries).await;
+                let (answer, uncertain) =
+                    attempt(target, &buyers, &sale_id, &plan, quantity, retries).await;
                 let done = Instant::now();
                 if let Some(p) = &progress {
                     p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -387,7 +393,7 @@ pub async fn run(
                 (
                     done - started,
                     done - intended,
-                    (user_id(plan.user), plan.key, answer),
+                    (user_id(plan.user), plan.key, answer, uncertain),
                 )
             }
         }
@@ -472,7 +478,7 @@ pub async fn run(
         });
         tick.completed += 1;
         hist.saturating_record(micros);
-        let (user, key, answer) = answer;
+        let (user, key, answer, uncertain) = answer;
         report.outcomes.push(Outcome {
             user_id: user.clone(),
             idempotency_key: key,
@@ -480,6 +486,7 @@ pub async fn run(
                 .as_ref()
                 .map(|a| a.order_id.clone())
                 .map_err(Clone::clone),
+            uncertain,
         });
         match answer {
             Ok(accepted) => {
@@ -522,17 +529,20 @@ async fn attempt(
     plan: &Plan,
     quantity: u32,
     retries: u32,
-) -> Result<pb::PurchaseAccepted, String> {
+) -> (Result<pb::PurchaseAccepted, String>, bool) {
     let token = buyers.token(plan.user);
     let purchase_token = match &buyers.room {
-        Some(room) => {
-            room.purchase_token(target.clone(), &user_id(plan.user), &token, sale_id)
-                .await?
-        }
+        Some(room) => match room
+            .purchase_token(target.clone(), &user_id(plan.user), &token, sale_id)
+            .await
+        {
+            Ok(token) => token,
+            Err(reason) => return (Err(reason), false),
+        },
         None => String::new(),
     };
     let mut client = FlashSaleClient::new(target);
-    let mut tries = 0;
+    let (mut tries, mut uncertain) = (0, false);
     loop {
         let purchase = pb::PurchaseRequest {
             sale_id: sale_id.to_owned(),
@@ -541,7 +551,7 @@ async fn attempt(
             purchase_token: purchase_token.clone(),
         };
         match client.purchase(request(purchase, &token, sale_id)).await {
-            Ok(response) => return Ok(response.into_inner()),
+            Ok(response) => return (Ok(response.into_inner()), uncertain),
             Err(status) => {
                 let reason = reason_of(&status).unwrap_or_else(|| format!("{:?}", status.code()));
                 let retryable = matches!(status.code(), Code::Unavailable)
@@ -549,6 +559,7 @@ async fn attempt(
                     || (reason == "RATE_LIMITED" && tries == 0);
                 if retryable && tries < retries {
                     tries += 1;
+                    uncertain |= !Outcome::refusal(&reason);
                     *buyers
                         .retried
                         .lock()
@@ -561,7 +572,7 @@ async fn attempt(
                     tokio::time::sleep(pause).await;
                     continue;
                 }
-                return Err(reason);
+                return (Err(reason), uncertain);
             }
         }
     }
@@ -977,6 +988,7 @@ mod tests {
 
     fn outcome(user: &str, key: &str, answer: Result<&str, &str>) -> Outcome {
         Outcome {
+            uncertain: false,
             user_id: user.into(),
             idempotency_key: key.into(),
             answer: answer.map(str::to_owned).map_err(str::to_owned),
@@ -1050,6 +1062,12 @@ mod tests {
         ] {
             assert_eq!(outcome("u", "k", Err(unknown)).verdict(), Verdict::Unknown);
         }
+        // Refused on a retry after a try nobody answered: that try's fate is still unknown.
+        let after_unanswered = Outcome {
+            uncertain: true,
+            ..outcome("u", "k", Err("SOLD_OUT"))
+        };
+        assert_eq!(after_unanswered.verdict(), Verdict::Unknown);
     }
 
     #[test]
