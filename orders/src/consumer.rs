@@ -25,7 +25,7 @@ use flashsale_proto::{
     time::unix_ms,
     v1::{DeadLetter, OrderRequested},
 };
-use flashsale_runtime::Shutdown;
+use flashsale_runtime::{Shutdown, backoff::Backoff};
 
 use crate::{
     Error,
@@ -76,22 +76,20 @@ impl Consumer {
     /// Sets up the streams and runs until `shutdown`.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
         // NATS may not be up yet: keep trying until it is (or until shutdown).
-        let mut retry = Duration::from_millis(200);
+        let mut retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let consumer = loop {
             match stream::ensure(&self.js, &self.config.stream).await {
                 Ok(consumer) => break consumer,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?retry, "setting up the order stream failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(retry) => {}
-                        () = shutdown.wait() => return Ok(()),
+                    tracing::warn!(error = %e, "setting up the order stream failed; retrying");
+                    if !retry.wait(&shutdown).await {
+                        return Ok(());
                     }
-                    retry = (retry * 2).min(Duration::from_secs(5));
                 }
             }
         };
         tracing::info!(stream = %self.config.stream.name, consumer = %self.config.stream.consumer, "order consumer running");
-        let mut idle_backoff = Duration::from_millis(100);
+        let mut idle_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut lag_read = tokio::time::Instant::now() - Duration::from_secs(60);
         let mut consumer = consumer;
         while !shutdown.is_triggered() {
@@ -111,16 +109,14 @@ impl Consumer {
             match batch {
                 Ok(batch) if batch.is_empty() => {}
                 Ok(batch) => {
-                    idle_backoff = Duration::from_millis(100);
+                    idle_backoff.reset();
                     self.process(batch, &shutdown).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "fetching order events failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(idle_backoff) => {}
-                        () = shutdown.wait() => break,
+                    if !idle_backoff.wait(&shutdown).await {
+                        break;
                     }
-                    idle_backoff = (idle_backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -266,16 +262,18 @@ impl Consumer {
             .unwrap_or(self.config.stream.ack_wait)
             .min(self.config.stream.ack_wait);
         let keep_alive = (first_ack / 2).max(Duration::from_millis(50));
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut last_progress = tokio::time::Instant::now();
         loop {
-            match self.write(valid).await {
+            let pause = match self.write(valid).await {
                 Ok(done) => return Some(done),
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, events = valid.len(), "writing orders failed; holding the batch");
+                    let pause = backoff.next_pause();
+                    tracing::warn!(error = %e, retry_in = ?pause, events = valid.len(), "writing orders failed; holding the batch");
+                    pause
                 }
-            }
-            let wake = tokio::time::Instant::now() + backoff;
+            };
+            let wake = tokio::time::Instant::now() + pause;
             while tokio::time::Instant::now() < wake {
                 if last_progress.elapsed() >= keep_alive {
                     for item in valid {
@@ -288,7 +286,6 @@ impl Consumer {
                     () = shutdown.wait() => return None,
                 }
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 

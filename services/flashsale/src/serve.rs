@@ -180,14 +180,16 @@ async fn gateway(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer>
         shutdown.child(),
     );
     tokio::spawn(async move {
-        let mut pause = std::time::Duration::from_millis(200);
+        let mut retry = flashsale_runtime::backoff::Backoff::new(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(5),
+        );
         while !stop.is_triggered() {
             match flashsale_orders::stream::ensure(&js, &stream).await {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "setting up the order stream failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                    retry.wait(&stop).await;
                 }
             }
         }

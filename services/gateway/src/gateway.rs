@@ -634,15 +634,17 @@ impl Gateway {
         order_id: &str,
     ) -> Result<tonic::codec::Streaming<pb::Order>, Error> {
         let deadline = Instant::now() + self.inner.config.watch_wait;
-        let mut pause = Duration::from_millis(25);
+        let mut pause = flashsale_runtime::backoff::Backoff::new(
+            Duration::from_millis(25),
+            Duration::from_millis(500),
+        );
         loop {
             match self.any_order(order_id).await {
                 Ok(order) if order.user_id == caller.user_id => break,
                 // Someone else's order: not found, without waiting for it.
                 Ok(_) => return Err(Error::OrderNotFound(order_id.to_owned())),
                 Err(Error::OrderNotFound(_)) if Instant::now() < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
+                    tokio::time::sleep(pause.next_pause()).await;
                 }
                 Err(e) => return Err(e),
             }

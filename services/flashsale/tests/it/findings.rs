@@ -54,6 +54,25 @@ async fn buy_units(
         .map(tonic::Response::into_inner)
 }
 
+/// `SaleAdmin.Reconcile --repair` of `sale_id` as the operator `token` (a future of its own,
+/// to run beside other calls).
+fn repair(
+    mut admin: SaleAdminClient<tonic::transport::Channel>,
+    sale_id: &str,
+    token: &str,
+) -> impl std::future::Future<Output = Result<tonic::Response<pb::ReconcileReport>, tonic::Status>>
++ Send
++ 'static {
+    let request = authorized(
+        pb::ReconcileRequest {
+            sale_id: sale_id.to_owned(),
+            repair: true,
+        },
+        token,
+    );
+    async move { admin.reconcile(request).await }
+}
+
 /// The order's status in Postgres, waiting up to `limit` for it to be written.
 async fn order_status(mesh: &Mesh, order_id: &str, limit: Duration) -> Option<String> {
     let store = mesh.store().await;
@@ -347,14 +366,7 @@ async fn finding_05_ending_a_sale_redis_lost_keeps_its_waiting_orders() {
         row.status_reason
     );
 
-    let repaired = admin
-        .reconcile(authorized(
-            pb::ReconcileRequest {
-                sale_id: sale.sale_id.clone(),
-                repair: true,
-            },
-            &token,
-        ))
+    let repaired = repair(admin, &sale.sale_id, &token)
         .await
         .unwrap()
         .into_inner();
@@ -402,21 +414,9 @@ async fn finding_03_a_repair_while_orders_change_revives_none() {
         .signer()
         .token("operator", true, Duration::from_secs(600));
     let admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
-    let repair = |mut admin: SaleAdminClient<tonic::transport::Channel>| {
-        let (sale_id, token) = (sale.sale_id.clone(), token.clone());
-        async move {
-            admin
-                .reconcile(authorized(
-                    pb::ReconcileRequest {
-                        sale_id,
-                        repair: true,
-                    },
-                    &token,
-                ))
-                .await
-        }
-    };
-    let refused = repair(admin.clone()).await.unwrap_err();
+    let refused = repair(admin.clone(), &sale.sale_id, &token)
+        .await
+        .unwrap_err();
     assert_eq!(
         (refused.code(), reason_of(&refused).as_deref()),
         (tonic::Code::FailedPrecondition, Some("SALE_ACTIVE")),
@@ -444,7 +444,7 @@ async fn finding_03_a_repair_while_orders_change_revives_none() {
     );
     let mut pending = orders.len() as u64;
     for (round, (user, order_id)) in orders.iter().take(10).enumerate() {
-        let repairing = tokio::spawn(repair(admin.clone()));
+        let repairing = tokio::spawn(repair(admin.clone(), &sale.sale_id, &token));
         tokio::time::sleep(Duration::from_millis(250 * round as u64)).await;
         client
             .cancel(pb::CancelRequest {
@@ -503,14 +503,8 @@ async fn finding_11_a_retry_while_redis_lost_the_sale_is_never_told_sold_out() {
     let token = mesh
         .signer()
         .token("operator", true, Duration::from_secs(600));
-    SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await)
-        .reconcile(authorized(
-            pb::ReconcileRequest {
-                sale_id: sale.sale_id.clone(),
-                repair: true,
-            },
-            &token,
-        ))
+    let admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
+    repair(admin, &sale.sale_id, &token)
         .await
         .expect("the lost sale is repaired");
     let deadline = Instant::now() + Duration::from_secs(5);
