@@ -64,9 +64,10 @@ enum Hop {
     Postgres,
     /// Gateway, orders and consumer to the inventory's gRPC server.
     Inventory,
-    /// Every component to one node of the 3-node NATS cluster (the node itself stays in the
-    /// cluster: cut off, it is a node the mesh cannot reach).
-    NatsNode(usize),
+    /// Every component to the node of the 3-node NATS cluster the mesh's clients connected to
+    /// most (clients pick a node at random; the node itself stays in the cluster: cut off, it
+    /// is a node the mesh cannot reach).
+    NatsNode,
 }
 
 impl Hop {
@@ -131,7 +132,7 @@ impl Schedule {
             fault,
             Fault::KillNatsNode { .. }
                 | Fault::Network {
-                    hop: Hop::NatsNode(_),
+                    hop: Hop::NatsNode,
                     ..
                 }
         );
@@ -332,7 +333,12 @@ async fn inject(mesh: &mut Mesh, sale_id: &str, fault: &Fault) {
             let proxies = match hop {
                 Hop::Redis => vec![&hops.redis],
                 Hop::Nats => hops.nats.iter().collect(),
-                Hop::NatsNode(i) => vec![&hops.nats[*i]],
+                Hop::NatsNode => hops
+                    .nats
+                    .iter()
+                    .max_by_key(|p| p.connections())
+                    .into_iter()
+                    .collect(),
                 Hop::Postgres => vec![&hops.postgres],
                 Hop::Inventory => vec![&hops.inventory, &hops.gateway_inventory],
             };
@@ -725,7 +731,7 @@ async fn inventory_answers_after_the_callers_gave_up() {
 /// the consumer fail over to the other two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_node_cut_off_from_the_mesh() {
-    hop_fault(Hop::NatsNode(0), Net::Cut, 1_500, 1_000).await;
+    hop_fault(Hop::NatsNode, Net::Cut, 1_500, 1_000).await;
 }
 
 /// Postgres is cut off (open connections reset, new ones refused) while orders are written.
