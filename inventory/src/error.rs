@@ -91,6 +91,12 @@ pub enum Error {
     /// Stock kept moving between buckets while a reservation looked for it.
     #[error("sale {0}: stock kept moving between buckets; try again")]
     Contended(String),
+    /// A rebuild's caller read the orders while Redis held the sale and Redis lost it since, or
+    /// the other way round: the reading cannot be trusted, nothing changed.
+    #[error(
+        "sale {0}: Redis lost the sale, or got it back, since the orders were read; read them again"
+    )]
+    RedisChanged(String),
 }
 
 fn released_why(reservation: &Reservation) -> String {
@@ -125,7 +131,7 @@ impl IntoStatus for Error {
             | Self::BucketsFixed { .. }
             | Self::Oversold { .. } => Code::FailedPrecondition,
             Self::Timeout(_) | Self::NotReplicated(_) => Code::Unavailable,
-            Self::Contended(_) => Code::Aborted,
+            Self::Contended(_) | Self::RedisChanged(_) => Code::Aborted,
             Self::Redis(e) => match e.kind() {
                 ErrorKind::IO
                 | ErrorKind::Timeout
@@ -157,6 +163,7 @@ impl IntoStatus for Error {
             Self::BucketsFixed { .. } => "SALE_BUCKETS_FIXED",
             Self::NotReplicated(_) => "REDIS_NOT_REPLICATED",
             Self::Contended(_) => "STOCK_CONTENDED",
+            Self::RedisChanged(_) => "REDIS_CHANGED",
             Self::Oversold { .. } => "OVERSOLD",
             Self::Redis(_) | Self::Timeout(_) => match self.code() {
                 Code::Unavailable => "REDIS_UNAVAILABLE",

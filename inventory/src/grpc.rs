@@ -16,7 +16,7 @@ use crate::{
     Error, Inventory,
     model::{
         CommitOutcome, DEFAULT_HOLD, Outcome, ReleaseReason, Reservation, ReservationState,
-        ReserveRequest, SaleSpec, StockLevel,
+        ReserveRequest, SalePresence, SaleSpec, StockLevel,
     },
 };
 
@@ -131,6 +131,36 @@ pub fn stock_pb(sale_id: &str, s: &StockLevel) -> pb::StockLevel {
         held: s.held,
         sold: s.sold,
     }
+}
+
+/// One of a Rebuild's reservations: COMMITTED, CONFIRMED, or RELEASED with its reason.
+fn rebuilt_reservation(sale_id: &str, r: pb::Reservation) -> Result<Reservation, Error> {
+    let (state, release_reason) = match pb::ReservationState::try_from(r.state) {
+        Ok(pb::ReservationState::Committed) => (ReservationState::Committed, None),
+        Ok(pb::ReservationState::Confirmed) => (ReservationState::Confirmed, None),
+        Ok(pb::ReservationState::Released) => (
+            ReservationState::Released,
+            Some(release_reason(r.release_reason)?),
+        ),
+        _ => {
+            return Err(Error::invalid(
+                "reservations",
+                "only COMMITTED, CONFIRMED and RELEASED are rebuilt",
+            ));
+        }
+    };
+    Ok(Reservation {
+        reservation_id: r.reservation_id,
+        sale_id: sale_id.to_owned(),
+        user_id: r.user_id,
+        quantity: r.quantity,
+        state,
+        created_at_ms: r.created_at.as_ref().and_then(unix_ms).unwrap_or(0),
+        expires_at_ms: r.expires_at.as_ref().and_then(unix_ms),
+        idempotency_key: r.idempotency_key,
+        release_reason,
+        queued: r.queued,
+    })
 }
 
 fn release_reason(value: i32) -> Result<ReleaseReason, Error> {
@@ -313,35 +343,23 @@ impl InventoryRpc for InventoryApi {
             .sale
             .ok_or_else(|| Error::invalid("sale", "is required"))?;
         let spec = sale_spec(&sale)?;
+        let seen = match pb::SalePresence::try_from(request.seen) {
+            Ok(pb::SalePresence::SalePresent) => SalePresence::Present,
+            Ok(pb::SalePresence::SaleMissing) => SalePresence::Missing,
+            _ => {
+                return Err(Error::invalid(
+                    "seen",
+                    "is required: SALE_PRESENT or SALE_MISSING, as Redis was when the orders were read",
+                )
+                .into());
+            }
+        };
         let reservations = request
             .reservations
             .into_iter()
-            .map(|r| {
-                let state = match pb::ReservationState::try_from(r.state) {
-                    Ok(pb::ReservationState::Committed) => ReservationState::Committed,
-                    Ok(pb::ReservationState::Confirmed) => ReservationState::Confirmed,
-                    _ => {
-                        return Err(Error::invalid(
-                            "reservations",
-                            "only COMMITTED and CONFIRMED are rebuilt",
-                        ));
-                    }
-                };
-                Ok(Reservation {
-                    reservation_id: r.reservation_id,
-                    sale_id: spec.sale_id.clone(),
-                    user_id: r.user_id,
-                    quantity: r.quantity,
-                    state,
-                    created_at_ms: r.created_at.as_ref().and_then(unix_ms).unwrap_or(0),
-                    expires_at_ms: r.expires_at.as_ref().and_then(unix_ms),
-                    idempotency_key: r.idempotency_key,
-                    release_reason: None,
-                    queued: false,
-                })
-            })
+            .map(|r| rebuilt_reservation(&spec.sale_id, r))
             .collect::<Result<Vec<_>, Error>>()?;
-        let stock = self.inventory.rebuild(&spec, &reservations).await?;
+        let stock = self.inventory.rebuild(&spec, &reservations, seen).await?;
         Ok(Response::new(stock_pb(&spec.sale_id, &stock)))
     }
 

@@ -45,7 +45,7 @@ pub use config::Config;
 pub use error::Error;
 pub use model::{
     Audit, CommitOutcome, CommitResult, Outcome, ReleaseReason, Reservation, ReservationState,
-    ReserveRequest, Reserved, SaleSpec, StockLevel, Transition, key_fingerprint,
+    ReserveRequest, Reserved, SalePresence, SaleSpec, StockLevel, Transition, key_fingerprint,
 };
 pub use signal::{Signals, SoldOutFlags};
 pub use store::Inventory;

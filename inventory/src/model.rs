@@ -194,6 +194,26 @@ impl ReservationState {
     }
 }
 
+/// What a rebuild's caller saw of the sale in Redis when it read the orders it rebuilds from
+/// ([`crate::Inventory::rebuild`] refuses if Redis changed since).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SalePresence {
+    /// Redis held the sale.
+    Present,
+    /// Redis did not (it restarted empty).
+    Missing,
+}
+
+impl SalePresence {
+    /// The name `rebuild.lua` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Present => "PRESENT",
+            Self::Missing => "MISSING",
+        }
+    }
+}
+
 /// Why a reservation is released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReleaseReason {

@@ -14,8 +14,8 @@ use crate::{
     buckets::{self, TransferScripts},
     model::{
         Audit, CommitOutcome, CommitResult, Expired, Loaded, MAX_COMMIT_BATCH, Outcome,
-        ReleaseReason, Reservation, ReservationState, ReserveRequest, Reserved, SaleSpec,
-        StockLevel, Transition,
+        ReleaseReason, Reservation, ReservationState, ReserveRequest, Reserved, SalePresence,
+        SaleSpec, StockLevel, Transition,
     },
     signal::Signals,
 };
@@ -1047,19 +1047,21 @@ impl Inventory {
         Ok(expired)
     }
 
-    /// Replaces the sale's state with `reservations` (COMMITTED or CONFIRMED, from Postgres),
-    /// keeping HELD reservations Redis has that are not among them. Refused, changing nothing,
-    /// if the units would exceed the stock.
+    /// Replaces the sale's state with `reservations` (COMMITTED, CONFIRMED or RELEASED, from
+    /// Postgres), keeping the reservations Redis has that are not among them as they are.
+    /// Refused, changing nothing, if the units would exceed the stock, or if Redis holds the
+    /// sale where the caller saw it missing or the other way round (`seen`).
     pub async fn rebuild(
         &self,
         spec: &SaleSpec,
         reservations: &[Reservation],
+        seen: SalePresence,
     ) -> Result<StockLevel, Error> {
         spec.validate()?;
         if spec.stock_buckets > 1 {
-            return self.rebuild_bucketed(spec, reservations).await;
+            return self.rebuild_bucketed(spec, reservations, seen).await;
         }
-        let args = rebuild_args(spec, spec.stock as i64, reservations)?;
+        let args = rebuild_args(spec, spec.stock as i64, seen.as_str(), reservations)?;
         let (stock, seq) = self.finish_rebuild(spec, &spec.sale_id, args).await?;
         // Gateways learn at once whether the rebuilt sale has stock.
         self.publish_signal(&spec.sale_id, stock.available == 0, stock.available, seq)
@@ -1068,16 +1070,29 @@ impl Inventory {
     }
 
     /// [`Self::rebuild`] of a bucketed sale, bucket by bucket (each reservation id names its
-    /// bucket): every bucket is rebuilt to exactly the units its orders and its own HELD
+    /// bucket): every bucket is rebuilt to exactly the units its orders and its own other
     /// reservations have, journalled transfers are dropped, and the pool gets the rest. Not
     /// atomic across buckets: it is an operator's repair, run while the sale takes no traffic.
     async fn rebuild_bucketed(
         &self,
         spec: &SaleSpec,
         reservations: &[Reservation],
+        seen: SalePresence,
     ) -> Result<StockLevel, Error> {
         let n = spec.stock_buckets;
-        let units: u64 = reservations.iter().map(|r| u64::from(r.quantity)).sum();
+        let present = match self.stock(&spec.sale_id).await {
+            Ok(_) => SalePresence::Present,
+            Err(Error::SaleNotFound(_)) => SalePresence::Missing,
+            Err(e) => return Err(e),
+        };
+        if present != seen {
+            return Err(Error::RedisChanged(spec.sale_id.clone()));
+        }
+        let units: u64 = reservations
+            .iter()
+            .filter(|r| r.state != ReservationState::Released)
+            .map(|r| u64::from(r.quantity))
+            .sum();
         if units > spec.stock {
             return Err(Error::Oversold {
                 sale_id: spec.sale_id.clone(),
@@ -1097,7 +1112,7 @@ impl Inventory {
         }
         let args: Vec<Vec<Value>> = groups
             .iter()
-            .map(|group| rebuild_args(spec, -1, group))
+            .map(|group| rebuild_args(spec, -1, "ANY", group))
             .collect::<Result<_, _>>()?;
         self.load_sale(spec).await?;
         let mut given = 0;
@@ -1160,6 +1175,7 @@ impl Inventory {
                 units: stock.held + stock.sold,
                 stock: stock.total,
             }),
+            "CHANGED" => Err(Error::RedisChanged(spec.sale_id.clone())),
             other => Err(Error::Protocol(format!("rebuild: {other}"))),
         }
     }
@@ -1392,10 +1408,12 @@ impl Inventory {
     }
 }
 
-/// The Rebuild script's arguments (`total` -1: fit a bucket to its reservations).
+/// The Rebuild script's arguments (`total` -1: fit a bucket to its reservations; `seen`: see
+/// `rebuild.lua`).
 fn rebuild_args(
     spec: &SaleSpec,
     total: i64,
+    seen: &str,
     reservations: &[Reservation],
 ) -> Result<Vec<Value>, Error> {
     let mut args = vec![
@@ -1404,23 +1422,12 @@ fn rebuild_args(
         Value::from(spec.starts_at_ms),
         Value::from(spec.ends_at_ms),
         Value::from(spec.reservation_hold.as_millis() as i64),
+        Value::from(seen),
     ];
     for r in reservations {
         check_ids(&spec.sale_id, &r.reservation_id)?;
         flashsale_proto::rules::text_id("user_id", &r.user_id)?;
-        if !matches!(
-            r.state,
-            ReservationState::Committed | ReservationState::Confirmed
-        ) {
-            return Err(Error::invalid(
-                "reservations",
-                format!(
-                    "{} is {}; only COMMITTED and CONFIRMED are rebuilt",
-                    r.reservation_id,
-                    r.state.as_str()
-                ),
-            ));
-        }
+        let reason = rebuilt_reason(r)?;
         args.extend([
             Value::from(r.reservation_id.as_str()),
             Value::from(r.user_id.as_str()),
@@ -1429,9 +1436,30 @@ fn rebuild_args(
             Value::from(r.created_at_ms),
             Value::from(r.expires_at_ms.unwrap_or(0)),
             Value::from(r.idempotency_key.as_str()),
+            Value::from(reason),
+            Value::from(i64::from(r.queued)),
         ]);
     }
     Ok(args)
+}
+
+/// The release reason a rebuilt reservation is stored with: COMMITTED and CONFIRMED have none,
+/// RELEASED (a closed order) must have one; HELD is never rebuilt (Postgres knows no holds).
+fn rebuilt_reason(r: &Reservation) -> Result<&'static str, Error> {
+    match (r.state, r.release_reason) {
+        (ReservationState::Committed | ReservationState::Confirmed, None) => Ok(""),
+        (ReservationState::Released, Some(reason)) => Ok(reason.as_str()),
+        _ => Err(Error::invalid(
+            "reservations",
+            format!(
+                "{} is {} with release reason {:?}; rebuilt are COMMITTED and CONFIRMED without \
+                 one and RELEASED with one",
+                r.reservation_id,
+                r.state.as_str(),
+                r.release_reason.map(ReleaseReason::as_str)
+            ),
+        )),
+    }
 }
 
 /// A Reserve reply that hands the buyer a reservation (new or the one their key made).

@@ -26,14 +26,22 @@
 //! checker finds the review's finding 1 in the first and nothing in the second (the tests say
 //! how many states that takes).
 //!
-//! Not modelled: Rebuild and `Reconcile --repair` (the repair of a live sale is still open), stock
-//! buckets (their transfers have their own argument in the inventory's crate docs), more than
-//! one unit or more than two buyers (every property here concerns one unit and the buyers
-//! competing for it).
+//! With [`PurchaseModel::with_repair`] the sale also ends, Redis may restart empty (losing the
+//! sale) and an operator runs `Reconcile --repair` (see [`repair`]): the rebuild races every
+//! other step. A fault budget bounds how many faults one run may have, so the checker shows
+//! what a single fault can do and what a double fault still can (RELIABILITY.md).
+//!
+//! Not modelled: stock buckets (their transfers have their own argument in the inventory's
+//! crate docs), more than one unit or more than two buyers (every property here concerns one
+//! unit and the buyers competing for it).
 
 use std::fmt;
 
 use stateright::{Model, Property};
+
+pub mod repair;
+
+use repair::{Repair, RepairRule};
 
 /// Units for sale.
 pub const STOCK: u8 = 1;
@@ -99,6 +107,17 @@ pub struct Record {
     pub queued: bool,
 }
 
+impl Row {
+    /// The order owns a unit in Postgres's view: committed and awaiting payment, or paid.
+    fn owns(&self) -> bool {
+        match self.status {
+            Status::Pending => !self.needs_commit,
+            Status::Paid => true,
+            Status::Expired | Status::Lost => false,
+        }
+    }
+}
+
 impl Record {
     fn holds(&self) -> bool {
         matches!(self.state, Rec::Held | Rec::Committed | Rec::Confirmed)
@@ -132,6 +151,8 @@ pub struct Row {
     pub needs_commit: bool,
     /// `inventory_pending = CONFIRM`: paid, Confirm not done yet.
     pub needs_confirm: bool,
+    /// `inventory_pending = RELEASE`: expired, its release waits for Redis to hold the sale.
+    pub needs_release: bool,
 }
 
 /// Where one purchase request is in the gateway (`Gateway::reserve_and_publish`).
@@ -175,6 +196,8 @@ pub enum Answer {
     PurchaseFailed,
     /// ALREADY_EXISTS with this order id (the original protocol's answer to a closed key).
     AlreadyExists(u8),
+    /// FAILED_PRECONDITION SALE_NOT_ACTIVE: the sale ended.
+    NotActive,
 }
 
 /// What a publish did (`stream::publish_order`).
@@ -267,11 +290,30 @@ pub enum Action {
         /// The order.
         rid: u8,
     },
-    /// `OrderStore::expire_due` then `release.lua` with PAYMENT_EXPIRED.
+    /// `OrderStore::expire_due` then `release.lua` with PAYMENT_EXPIRED (the release waits
+    /// while Redis lacks the sale).
     ExpirePayment {
         /// The order.
         rid: u8,
     },
+    /// The pipeline's pending RELEASE (`holds::apply`), once Redis holds the sale again.
+    Release {
+        /// The order.
+        rid: u8,
+    },
+    /// The sale's end passes (`reserve.lua` answers NOT_ACTIVE to a new key).
+    End,
+    /// Redis restarts empty: every key of the sale is gone (`NO_SALE` to every script).
+    LoseRedis,
+    /// `Gateway::reconcile` with `repair`: `GetStock`, refused for a sale on sale that Redis
+    /// holds.
+    RepairStart,
+    /// `wait_for_drain`, then the sale's orders read from Postgres.
+    ReadOrders,
+    /// `rebuild_from`: `admit()` then `rebuild.lua` from the snapshot.
+    Rebuild,
+    /// `rebuild_until_stable`: reads the orders again; the same → done, else rebuild again.
+    Recheck,
 }
 
 /// The whole system: Redis, the stream, Postgres, the gateway's requests, the answers.
@@ -297,6 +339,19 @@ pub struct State {
     pub sold_out_memory: bool,
     /// Every answer, in the order given.
     pub answers: Vec<(u8, Answer)>,
+    /// Redis holds the sale (false once it restarted empty, until a rebuild).
+    pub present: bool,
+    /// The sale is on sale (its end has not passed).
+    pub on_sale: bool,
+    /// Faults so far (counted only under a fault budget).
+    pub faults: u8,
+    /// Reservation ids in the order they were made (`created_at`; kept only with repairs, the
+    /// one step that reads it).
+    pub created: Vec<u8>,
+    /// The keys in the gateway's fingerprint set when Redis was lost (it keeps its copy).
+    pub cached_keys: [bool; 2],
+    /// Where the operator's repair is.
+    pub repair: Repair,
 }
 
 /// The model: which protocol, which buyers send the requests, which faults are on.
@@ -308,6 +363,10 @@ pub struct PurchaseModel {
     pub requests: Vec<Buyer>,
     /// Holds may pass (outages longer than the hold).
     pub expiry: bool,
+    /// At most this many faults in one run (`None`: any number).
+    pub max_faults: Option<u8>,
+    /// The sale ends, Redis may lose it, and an operator repairs it.
+    pub repair: Option<RepairRule>,
 }
 
 impl PurchaseModel {
@@ -317,7 +376,29 @@ impl PurchaseModel {
             protocol,
             requests: vec![Buyer::A, Buyer::A, Buyer::B],
             expiry,
+            max_faults: None,
+            repair: None,
         }
+    }
+
+    /// The current protocol with the sale's end, Redis's loss and `Reconcile --repair`, under
+    /// at most `max_faults` faults (Redis's loss is one).
+    pub fn with_repair(rule: RepairRule, max_faults: u8) -> Self {
+        Self {
+            max_faults: Some(max_faults),
+            repair: Some(rule),
+            ..Self::new(Protocol::Current, true)
+        }
+    }
+
+    fn rule(&self) -> RepairRule {
+        self.repair
+            .expect("repair steps are offered only with a rule")
+    }
+
+    /// Whether one more fault may happen.
+    fn may_fault(&self, s: &State) -> bool {
+        self.max_faults.is_none_or(|most| s.faults < most)
     }
 
     fn current(&self) -> bool {
@@ -355,6 +436,21 @@ impl State {
         true
     }
 
+    /// The record, if Redis has it.
+    fn find(&self, rid: u8) -> Option<Record> {
+        self.records[rid as usize]
+    }
+
+    /// Whether the gateway sees a reservation for this buyer's key: Redis's `idem` (the
+    /// fingerprint set), or the gateway's copy while Redis lacks the sale.
+    fn key_used(&self, buyer: Buyer) -> bool {
+        if self.present {
+            self.idem[buyer.index()].is_some()
+        } else {
+            self.cached_keys[buyer.index()]
+        }
+    }
+
     fn holding(&self) -> u8 {
         self.records.iter().flatten().filter(|r| r.holds()).count() as u8
     }
@@ -371,11 +467,15 @@ impl PurchaseModel {
     /// `sold_out_for` + `reserve.lua` + `replay()`.
     fn arrive(&self, s: &mut State, req: u8, reply_lost: bool) {
         let buyer = self.requests[req as usize];
-        let key_used = s.idem[buyer.index()].is_some();
+        let key_used = s.key_used(buyer);
         // The sold-out memory: the original answered before looking at the key; the current
         // one only to buyers whose key made no reservation.
         if s.sold_out_memory && !(self.current() && key_used) {
             return s.answer(req, Answer::SoldOut);
+        }
+        // `NO_SALE`: STOCK_UNAVAILABLE.
+        if !s.present {
+            return s.answer(req, Answer::Unavailable);
         }
         if let Some(rid) = s.idem[buyer.index()] {
             s.sold_out_memory = s.available == 0;
@@ -383,6 +483,14 @@ impl PurchaseModel {
                 return s.answer(req, Answer::Unavailable);
             }
             return self.replay(s, req, rid);
+        }
+        if !s.on_sale {
+            let answer = if reply_lost {
+                Answer::Unavailable
+            } else {
+                Answer::NotActive
+            };
+            return s.answer(req, answer);
         }
         if !s.take_units(buyer) {
             s.sold_out_memory = s.available == 0;
@@ -406,6 +514,9 @@ impl PurchaseModel {
             queued: false,
         });
         s.idem[buyer.index()] = Some(req);
+        if self.repair.is_some() {
+            s.created.push(req);
+        }
         s.sold_out_memory = s.available == 0;
         if reply_lost {
             return s.answer(req, Answer::Unavailable);
@@ -418,7 +529,9 @@ impl PurchaseModel {
 
     /// What a repeated key gets (`replay()` in the gateway).
     fn replay(&self, s: &mut State, req: u8, rid: u8) {
-        let record = *s.record(rid);
+        let Some(record) = s.find(rid) else {
+            unreachable!("idem names records Redis has (rebuild.lua writes both)")
+        };
         let publish = Pc::Publishing { rid, dup: true };
         let next = match (self.protocol, record.state) {
             (Protocol::Current, Rec::Held) if !record.queued => publish,
@@ -466,8 +579,11 @@ impl PurchaseModel {
         let Pc::Compensating { rid } = s.pcs[req as usize] else {
             unreachable!("only offered while compensating")
         };
-        let record = *s.record(rid);
-        let releasable = record.state == Rec::Held && !(self.current() && record.queued);
+        // `NO_SALE` or `NOT_FOUND` (rebuilt without it): nothing to release.
+        let releasable = s.present
+            && s.find(rid).is_some_and(|record| {
+                record.state == Rec::Held && !(self.current() && record.queued)
+            });
         if releasable {
             s.release_units(rid, Why::PublishFailed);
         }
@@ -479,16 +595,18 @@ impl PurchaseModel {
         let Pc::Marking { rid } = s.pcs[req as usize] else {
             unreachable!("only offered while marking")
         };
-        let record = *s.record(rid);
-        let ok = match record.state {
-            Rec::Held | Rec::Committed | Rec::Confirmed => {
+        let record = s.find(rid).filter(|_| s.present);
+        let ok = match record.map(|r| r.state) {
+            // `NO_SALE`, or `NOT_FOUND` after a rebuild without it: an error, UNAVAILABLE.
+            None => false,
+            Some(Rec::Held | Rec::Committed | Rec::Confirmed) => {
                 s.record(rid).queued = true;
                 true
             }
             // Released first: refused; the consumer's commit decides it. (Reviving it here was
             // the checker's first find in the current protocol: the consumer could already
             // have written the order as lost.)
-            Rec::Released(_) => false,
+            Some(Rec::Released(_)) => false,
         };
         let answer = if ok && !reply_lost {
             Answer::Accepted(rid)
@@ -505,9 +623,14 @@ impl PurchaseModel {
 
     /// `commit_one` in `commit_many.lua`, then `mark_lost` when refused.
     fn commit(&self, s: &mut State, rid: u8) {
-        let record = *s.record(rid);
+        let found = s.find(rid);
         let row = s.rows[rid as usize].as_mut().expect("a written order");
         row.needs_commit = false;
+        // `NOT_FOUND`: Redis was rebuilt without it (RESERVATION_UNKNOWN), `mark_lost`.
+        let Some(record) = found else {
+            row.status = Status::Lost;
+            return;
+        };
         match record.state {
             Rec::Held => s.record(rid).state = Rec::Committed,
             Rec::Committed | Rec::Confirmed => {}
@@ -523,13 +646,18 @@ impl PurchaseModel {
     /// `confirm.lua`: HELD or COMMITTED → CONFIRMED; a released one takes its unit back when
     /// stock and the limit allow, else the Confirm stays pending (the pipeline keeps it).
     fn confirm(&self, s: &mut State, rid: u8) {
-        let record = *s.record(rid);
-        let done = match record.state {
-            Rec::Held | Rec::Committed | Rec::Confirmed => true,
-            Rec::Released(_) => s.take_units(record.buyer),
+        // `NOT_FOUND`: the rebuild counted the order already (`holds::apply`), done.
+        let done = match s.find(rid) {
+            None => true,
+            Some(record) => match record.state {
+                Rec::Held | Rec::Committed | Rec::Confirmed => true,
+                Rec::Released(_) => s.take_units(record.buyer),
+            },
         };
         if done {
-            s.record(rid).state = Rec::Confirmed;
+            if let Some(record) = s.records[rid as usize].as_mut() {
+                record.state = Rec::Confirmed;
+            }
             s.rows[rid as usize]
                 .as_mut()
                 .expect("written")
@@ -539,16 +667,124 @@ impl PurchaseModel {
 
     /// `expire_due` then `release.lua` with PAYMENT_EXPIRED (which also closes a revivable one).
     fn expire_payment(&self, s: &mut State, rid: u8) {
+        let present = s.present;
         let row = s.rows[rid as usize].as_mut().expect("written");
         row.status = Status::Expired;
         row.needs_commit = false;
-        let record = *s.record(rid);
+        row.needs_release = !present;
+        if present {
+            self.release(s, rid);
+        }
+    }
+
+    /// `release.lua` with PAYMENT_EXPIRED; `NOT_FOUND` (rebuilt without it) is done.
+    fn release(&self, s: &mut State, rid: u8) {
+        s.rows[rid as usize]
+            .as_mut()
+            .expect("written")
+            .needs_release = false;
+        let Some(record) = s.find(rid) else { return };
         match record.state {
             Rec::Held | Rec::Committed => s.release_units(rid, Why::PaymentExpired),
             Rec::Released(_) => s.record(rid).state = Rec::Released(Why::PaymentExpired),
             Rec::Confirmed => {}
         }
     }
+}
+
+impl PurchaseModel {
+    /// What the gateway may do next with request `req`.
+    fn gateway_actions(&self, req: u8, pc: Pc, fault: bool, actions: &mut Vec<Action>) {
+        let lossy: &[bool] = if fault { &[false, true] } else { &[false] };
+        match pc {
+            Pc::Waiting => {
+                for &reply_lost in lossy {
+                    actions.push(Action::Arrive { req, reply_lost });
+                }
+            }
+            Pc::Publishing { .. } => {
+                actions.push(Action::Publish {
+                    req,
+                    outcome: Publish::Acked,
+                });
+                if fault {
+                    for outcome in [Publish::AckLost, Publish::InFlight] {
+                        actions.push(Action::Publish { req, outcome });
+                    }
+                }
+            }
+            Pc::Compensating { .. } => actions.push(Action::Compensate { req }),
+            Pc::Marking { .. } => {
+                for &reply_lost in lossy {
+                    actions.push(Action::Mark { req, reply_lost });
+                }
+            }
+            Pc::Done => {}
+        }
+        if fault && !matches!(pc, Pc::Waiting | Pc::Done) {
+            actions.push(Action::Crash { req });
+        }
+    }
+
+    /// What the stream, the sweeper, the consumer and the lifecycle may do with reservation
+    /// `rid` and its order. Scripts that find no sale in Redis wait (commits, confirms,
+    /// releases) or find nothing to do (the sweeper).
+    fn order_actions(&self, s: &State, rid: u8, fault: bool, actions: &mut Vec<Action>) {
+        let i = rid as usize;
+        if s.wire[i] {
+            actions.push(Action::Land { rid });
+            actions.push(Action::Drop { rid });
+        }
+        if let Some(record) = s.records[i] {
+            let expirable = record.state == Rec::Held && !(self.current() && record.queued);
+            if self.expiry && fault && expirable {
+                actions.push(Action::Expire { rid });
+            }
+        }
+        if s.stream[i] {
+            if s.rows[i].is_none() {
+                actions.push(Action::Insert { rid });
+            } else {
+                actions.push(Action::Ack { rid });
+            }
+        }
+        let Some(row) = s.rows[i] else { return };
+        if row.needs_commit && s.present {
+            actions.push(Action::Commit { rid });
+        }
+        if row.status == Status::Pending && !row.needs_commit {
+            actions.push(Action::Pay { rid });
+        }
+        if row.status == Status::Pending {
+            actions.push(Action::ExpirePayment { rid });
+        }
+        if row.needs_confirm && s.present {
+            actions.push(Action::Confirm { rid });
+        }
+        if row.needs_release && s.present {
+            actions.push(Action::Release { rid });
+        }
+    }
+}
+
+/// The steps that are faults (the budget counts them): lost replies, lost acks, timed-out
+/// publishes, crashes, holds passing (an outage longer than the hold), Redis restarting empty.
+fn is_fault(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Arrive {
+            reply_lost: true,
+            ..
+        } | Action::Mark {
+            reply_lost: true,
+            ..
+        } | Action::Publish {
+            outcome: Publish::AckLost | Publish::InFlight,
+            ..
+        } | Action::Crash { .. }
+            | Action::Expire { .. }
+            | Action::LoseRedis
+    )
 }
 
 impl Model for PurchaseModel {
@@ -568,76 +804,36 @@ impl Model for PurchaseModel {
             pcs: vec![Pc::Waiting; n],
             sold_out_memory: false,
             answers: Vec::new(),
+            present: true,
+            on_sale: true,
+            faults: 0,
+            created: Vec::new(),
+            cached_keys: [false; 2],
+            repair: Repair::Idle,
         }]
     }
 
     fn actions(&self, s: &State, actions: &mut Vec<Action>) {
+        let fault = self.may_fault(s);
         for (i, pc) in s.pcs.iter().enumerate() {
-            let req = i as u8;
-            match pc {
-                Pc::Waiting => {
-                    for reply_lost in [false, true] {
-                        actions.push(Action::Arrive { req, reply_lost });
-                    }
-                }
-                Pc::Publishing { .. } => {
-                    for outcome in [Publish::Acked, Publish::AckLost, Publish::InFlight] {
-                        actions.push(Action::Publish { req, outcome });
-                    }
-                }
-                Pc::Compensating { .. } => actions.push(Action::Compensate { req }),
-                Pc::Marking { .. } => {
-                    for reply_lost in [false, true] {
-                        actions.push(Action::Mark { req, reply_lost });
-                    }
-                }
-                Pc::Done => {}
-            }
-            if !matches!(pc, Pc::Waiting | Pc::Done) {
-                actions.push(Action::Crash { req });
-            }
+            self.gateway_actions(i as u8, *pc, fault, actions);
         }
         if s.sold_out_memory {
             actions.push(Action::Forget);
         }
-        for i in 0..s.records.len() {
-            let rid = i as u8;
-            if s.wire[i] {
-                actions.push(Action::Land { rid });
-                actions.push(Action::Drop { rid });
-            }
-            if let Some(record) = s.records[i] {
-                let expirable = record.state == Rec::Held && !(self.current() && record.queued);
-                if self.expiry && expirable {
-                    actions.push(Action::Expire { rid });
-                }
-            }
-            if s.stream[i] {
-                if s.rows[i].is_none() {
-                    actions.push(Action::Insert { rid });
-                } else {
-                    actions.push(Action::Ack { rid });
-                }
-            }
-            if let Some(row) = s.rows[i] {
-                if row.needs_commit {
-                    actions.push(Action::Commit { rid });
-                }
-                if row.status == Status::Pending && !row.needs_commit {
-                    actions.push(Action::Pay { rid });
-                }
-                if row.status == Status::Pending {
-                    actions.push(Action::ExpirePayment { rid });
-                }
-                if row.needs_confirm {
-                    actions.push(Action::Confirm { rid });
-                }
-            }
+        for rid in 0..s.records.len() as u8 {
+            self.order_actions(s, rid, fault, actions);
+        }
+        if let Some(rule) = self.repair {
+            repair::actions(rule, s, fault, actions);
         }
     }
 
     fn next_state(&self, last: &State, action: Action) -> Option<State> {
         let mut s = last.clone();
+        if self.max_faults.is_some() && is_fault(action) {
+            s.faults += 1;
+        }
         match action {
             Action::Arrive { req, reply_lost } => self.arrive(&mut s, req, reply_lost),
             Action::Publish { req, outcome } => self.publish(&mut s, req, outcome),
@@ -659,6 +855,7 @@ impl Model for PurchaseModel {
                     status: Status::Pending,
                     needs_commit: true,
                     needs_confirm: false,
+                    needs_release: false,
                 });
             }
             Action::Ack { rid } => s.stream[rid as usize] = false,
@@ -670,6 +867,13 @@ impl Model for PurchaseModel {
             }
             Action::Confirm { rid } => self.confirm(&mut s, rid),
             Action::ExpirePayment { rid } => self.expire_payment(&mut s, rid),
+            Action::Release { rid } => self.release(&mut s, rid),
+            Action::End => s.on_sale = false,
+            Action::LoseRedis => repair::lose_redis(&mut s),
+            Action::RepairStart => repair::start(&mut s),
+            Action::ReadOrders => repair::read_orders(self.rule(), &mut s),
+            Action::Rebuild => repair::rebuild(self, self.rule(), &mut s),
+            Action::Recheck => repair::recheck(self.rule(), &mut s),
         }
         Some(s)
     }
@@ -677,19 +881,13 @@ impl Model for PurchaseModel {
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
             Property::always("no oversell", |_, s: &State| {
-                s.holding() <= STOCK && s.available + s.holding() == STOCK
+                let redis =
+                    !s.present || (s.holding() <= STOCK && s.available + s.holding() == STOCK);
+                let owning = s.rows.iter().flatten().filter(|r| r.owns()).count() as u8;
+                redis && owning <= STOCK
             }),
             Property::always("an accepted purchase keeps its unit", |_, s: &State| {
-                accepted(s).all(|rid| {
-                    let record = s.records[rid as usize].expect("accepted ones exist");
-                    let row = s.rows[rid as usize];
-                    let lost = row.is_some_and(|r| r.status == Status::Lost);
-                    let taken = matches!(
-                        record.state,
-                        Rec::Released(Why::Expired | Why::PublishFailed)
-                    );
-                    !lost && !taken
-                })
+                accepted(s).all(|rid| keeps_unit(s, rid))
             }),
             Property::always("an accepted purchase becomes its order", |_, s: &State| {
                 !s.quiet() || accepted(s).all(|rid| s.rows[rid as usize].is_some())
@@ -698,21 +896,23 @@ impl Model for PurchaseModel {
                 keys_agree(m, s)
             }),
             Property::always("per-user limit", |_, s: &State| {
-                [Buyer::A, Buyer::B].iter().all(|b| {
-                    let held = s
-                        .records
-                        .iter()
-                        .flatten()
-                        .filter(|r| r.buyer == *b && r.holds())
-                        .count() as u8;
-                    held <= LIMIT && s.users[b.index()] == held
-                })
+                !s.present
+                    || [Buyer::A, Buyer::B].iter().all(|b| {
+                        let held = s
+                            .records
+                            .iter()
+                            .flatten()
+                            .filter(|r| r.buyer == *b && r.holds())
+                            .count() as u8;
+                        held <= LIMIT && s.users[b.index()] == held
+                    })
             }),
             Property::always("a paid order owns its unit", |_, s: &State| {
-                s.rows.iter().enumerate().all(|(i, row)| {
-                    row.is_none_or(|r| r.status != Status::Paid)
-                        || s.records[i].is_some_and(|rec| rec.holds())
-                })
+                !s.present
+                    || s.rows.iter().enumerate().all(|(i, row)| {
+                        row.is_none_or(|r| r.status != Status::Paid)
+                            || s.records[i].is_some_and(|rec| rec.holds())
+                    })
             }),
             Property::sometimes("a purchase is accepted and paid", |_, s: &State| {
                 s.rows.iter().flatten().any(|r| r.status == Status::Paid) && accepted(s).count() > 0
@@ -732,6 +932,23 @@ impl Model for PurchaseModel {
                 },
             ),
         ]
+    }
+}
+
+/// An accepted purchase's unit is not taken from it: its order is not lost, and its record (if
+/// Redis has one) was not released by an expiry or a compensation. Redis may lack the record
+/// while it lacks the sale, or once the order expired and the rebuild left it out.
+fn keeps_unit(s: &State, rid: u8) -> bool {
+    let row = s.rows[rid as usize];
+    if row.is_some_and(|r| r.status == Status::Lost) {
+        return false;
+    }
+    match s.find(rid) {
+        Some(record) => !matches!(
+            record.state,
+            Rec::Released(Why::Expired | Why::PublishFailed)
+        ),
+        None => !s.present || row.is_some_and(|r| r.status == Status::Expired),
     }
 }
 
@@ -794,6 +1011,13 @@ impl fmt::Display for Action {
                     "order {rid}'s payment deadline passes: release.lua PAYMENT_EXPIRED"
                 )
             }
+            Action::Release { rid } => write!(f, "the pending release of order {rid} runs"),
+            Action::End => write!(f, "the sale ends"),
+            Action::LoseRedis => write!(f, "Redis restarts empty"),
+            Action::RepairStart => write!(f, "reconcile --repair: GetStock"),
+            Action::ReadOrders => write!(f, "reconcile --repair: drained, reads the orders"),
+            Action::Rebuild => write!(f, "reconcile --repair: admit() and rebuild.lua"),
+            Action::Recheck => write!(f, "reconcile --repair: reads the orders again"),
         }
     }
 }

@@ -506,11 +506,25 @@ impl OrderStore {
     /// Every order of a sale that holds or sold units (PENDING_PAYMENT or PAID), for
     /// reconciliation.
     pub async fn live_orders(&self, sale_id: &str) -> Result<Vec<orders::Model>, Error> {
-        Ok(orders::Entity::find()
-            .filter(orders::Column::SaleId.eq(sale_id))
-            .filter(orders::Column::Status.is_in([Status::PendingPayment, Status::Paid]))
-            .all(&self.db)
-            .await?)
+        self.orders_of_sale(sale_id, true).await
+    }
+
+    /// Every order of one sale, closed ones too (a repair rebuilds their idempotency keys).
+    pub async fn sale_orders(&self, sale_id: &str) -> Result<Vec<orders::Model>, Error> {
+        self.orders_of_sale(sale_id, false).await
+    }
+
+    async fn orders_of_sale(
+        &self,
+        sale_id: &str,
+        live_only: bool,
+    ) -> Result<Vec<orders::Model>, Error> {
+        let live = [Status::PendingPayment, Status::Paid];
+        let mut query = orders::Entity::find().filter(orders::Column::SaleId.eq(sale_id));
+        if live_only {
+            query = query.filter(orders::Column::Status.is_in(live));
+        }
+        Ok(query.all(&self.db).await?)
     }
 
     /// Orders and units of one sale by status.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use flashsale_inventory::{
-    Error, Inventory, Outcome, ReleaseReason, ReservationState, SaleSpec,
+    Error, Inventory, Outcome, ReleaseReason, ReservationState, SalePresence, SaleSpec,
     buckets::{bucket_of, home_bucket},
 };
 use fred::prelude::*;
@@ -247,7 +247,10 @@ async fn a_bucketed_sale_is_rebuilt_from_its_orders() {
     let client = raw(&redis.url()).await;
     let _: () = client.flushall(false).await.unwrap();
 
-    let stock = inventory.rebuild(&sale, &orders).await.unwrap();
+    let stock = inventory
+        .rebuild(&sale, &orders, SalePresence::Missing)
+        .await
+        .unwrap();
     assert_eq!(stock.total, 30);
     assert_eq!(stock.held + stock.sold, 20);
     assert_eq!(stock.available, 10);
@@ -274,7 +277,9 @@ async fn a_bucketed_sale_is_rebuilt_from_its_orders() {
     let mut stray = orders[0].clone();
     stray.reservation_id = "0192-no-bucket".into();
     assert!(matches!(
-        inventory.rebuild(&sale, &[stray]).await,
+        inventory
+            .rebuild(&sale, &[stray], SalePresence::Present)
+            .await,
         Err(Error::InvalidArgument { .. })
     ));
 }

@@ -197,7 +197,10 @@ async fn finding_06_signals_of_a_rebuilt_sale_are_not_taken_for_old_ones() {
         .output()
         .unwrap();
     assert!(flushed.status.success());
-    let stock = inv.rebuild(&sale, &[]).await.unwrap();
+    let stock = inv
+        .rebuild(&sale, &[], flashsale_inventory::SalePresence::Missing)
+        .await
+        .unwrap();
     assert_eq!(stock.available, 1);
     wait_until(|| !flags.is_sold_out(&sale.sale_id)).await;
 

@@ -1,4 +1,6 @@
-use flashsale_inventory::{Error, Outcome, ReleaseReason, Reservation, ReservationState, SaleSpec};
+use flashsale_inventory::{
+    Error, Outcome, ReleaseReason, Reservation, ReservationState, SalePresence, SaleSpec,
+};
 
 use crate::{assert_consistent, inventory, open_sale, request};
 
@@ -297,14 +299,22 @@ async fn rebuild_restores_a_sale_redis_lost_and_keeps_newer_holds() {
     );
 
     let stock = inv
-        .rebuild(&sale, &[paid.clone(), pending.clone()])
+        .rebuild(
+            &sale,
+            &[paid.clone(), pending.clone()],
+            SalePresence::Missing,
+        )
         .await
         .unwrap();
     assert_eq!((stock.available, stock.held, stock.sold), (5, 3, 2));
     // A purchase made after the rebuild (HELD, not in Postgres yet) survives a second rebuild.
     let fresh = reserve(&inv, &sale, "c", 1).await;
     let stock = inv
-        .rebuild(&sale, &[paid.clone(), pending.clone()])
+        .rebuild(
+            &sale,
+            &[paid.clone(), pending.clone()],
+            SalePresence::Present,
+        )
         .await
         .unwrap();
     assert_eq!((stock.available, stock.held, stock.sold), (4, 4, 2));
@@ -331,8 +341,80 @@ async fn rebuild_restores_a_sale_redis_lost_and_keeps_newer_holds() {
     big.reservation_id = "too-many".into();
     big.quantity = 9;
     assert!(matches!(
-        inv.rebuild(&sale, &[paid, pending, big]).await,
+        inv.rebuild(&sale, &[paid, pending, big], SalePresence::Present)
+            .await,
         Err(Error::Oversold { .. })
     ));
     assert_eq!(inv.stock(&sale.sale_id).await.unwrap().available, 4);
+}
+
+/// Found by the model checker (`flashsale-model`, the original repair rule): a repair reads
+/// Postgres before an order's commit, the commit goes through, then the rebuild runs from the
+/// reading. The rebuild kept only the HELD records it was not given, so the COMMITTED one was
+/// dropped and its unit went back on sale under an accepted order. What Redis has and the
+/// reading lacks must stay as Redis has it.
+#[tokio::test]
+async fn model_finding_b_a_rebuild_keeps_what_redis_decided_after_the_reading() {
+    let (_redis, inv) = inventory(None).await;
+    let sale = open_sale(1, 1);
+    inv.load_sale(&sale).await.unwrap();
+    let accepted = reserve(&inv, &sale, "alice", 1).await;
+    let deadline = flashsale_proto::time::now_ms() + 60_000;
+    inv.commit(&sale.sale_id, &accepted.reservation_id, deadline)
+        .await
+        .unwrap();
+
+    // The repair's reading was taken before the order was written: it gives nothing.
+    let stock = inv
+        .rebuild(&sale, &[], SalePresence::Present)
+        .await
+        .unwrap();
+    assert_eq!(
+        (stock.available, stock.held),
+        (0, 1),
+        "the committed unit stays with its order: {stock:?}"
+    );
+    let kept = inv
+        .reservation(&sale.sale_id, &accepted.reservation_id)
+        .await
+        .unwrap();
+    assert_eq!(kept.state, ReservationState::Committed);
+    assert_consistent(&inv, &sale.sale_id).await;
+}
+
+/// A rebuild is made from a reading of Postgres taken while Redis held the sale, or while it did
+/// not; if Redis changed in between (it restarted empty, or the sale was rebuilt by another
+/// repair), the reading is stale and the rebuild is refused, changing nothing.
+#[tokio::test]
+async fn a_rebuild_refuses_a_reading_redis_changed_since() {
+    let (mut redis, inv) = inventory(None).await;
+    let sale = open_sale(3, 1);
+    inv.load_sale(&sale).await.unwrap();
+    let held = reserve(&inv, &sale, "alice", 1).await;
+    let refused = inv.rebuild(&sale, &[], SalePresence::Missing).await;
+    assert!(
+        matches!(refused, Err(Error::RedisChanged(_))),
+        "{refused:?}"
+    );
+    assert_eq!(inv.stock(&sale.sale_id).await.unwrap().held, 1);
+    assert!(
+        inv.reservation(&sale.sale_id, &held.reservation_id)
+            .await
+            .is_ok()
+    );
+
+    redis.restart().await.unwrap();
+    let refused = inv.rebuild(&sale, &[], SalePresence::Present).await;
+    assert!(
+        matches!(refused, Err(Error::RedisChanged(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        inv.stock(&sale.sale_id).await,
+        Err(Error::SaleNotFound(_))
+    ));
+    assert_eq!(
+        tonic::Status::from(refused.unwrap_err()).code(),
+        tonic::Code::Aborted
+    );
 }

@@ -1,8 +1,9 @@
 //! The purchase protocol checked exhaustively: the current protocol keeps every property under
 //! every fault; the original one loses an accepted order (finding 1), and more.
 
+use flashsale_model::repair::RepairRule;
 use flashsale_model::{Action, Protocol, PurchaseModel};
-use stateright::{Checker, Model};
+use stateright::{Checker, HasDiscoveries, Model};
 
 const SAFETY: [&str; 6] = [
     "no oversell",
@@ -132,5 +133,86 @@ fn the_original_protocol_also_fails_long_outages_and_retries_at_the_sell_out() {
         answer
             .iter()
             .any(|a| matches!(a, Action::Arrive { req: 1, .. }))
+    );
+}
+
+/// The repair's checks: the sale ends, Redis may restart empty, `Reconcile --repair` races
+/// every other step; any one fault per run.
+#[test]
+fn the_repair_keeps_every_property_under_any_one_fault() {
+    let model = PurchaseModel::with_repair(RepairRule::Current, 1);
+    let checker = check(model.clone());
+    println!(
+        "current repair, one fault: {} states ({} unique), depth {}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth()
+    );
+    for property in SAFETY {
+        if let Some(path) = checker.discovery(property) {
+            panic!(
+                "{property} fails:\n{}",
+                trace(first_violation(&model, property, path))
+            );
+        }
+    }
+    assert!(
+        checker
+            .discovery("a purchase is accepted and paid")
+            .is_some()
+    );
+    assert!(checker.unique_state_count() > 100_000, "the model explores");
+}
+
+#[test]
+fn the_original_repair_loses_accepted_orders_and_their_keys() {
+    let model = PurchaseModel::with_repair(RepairRule::Original, 1);
+    let found = [
+        "an accepted purchase keeps its unit",
+        "a key keeps its answer",
+    ];
+    let checker = model
+        .clone()
+        .checker()
+        .threads(1)
+        .finish_when(HasDiscoveries::AllOf(found.into()))
+        .spawn_bfs()
+        .join();
+    for property in found {
+        let path = checker.discovery(property).expect("the checker finds it");
+        let actions = first_violation(&model, property, path);
+        println!(
+            "original repair, {property} fails:\n{}",
+            trace(actions.clone())
+        );
+        assert!(actions.contains(&Action::Rebuild), "a rebuild did it");
+    }
+}
+
+/// RELIABILITY.md's double fault: a hold passed (an outage) and its late event waits beside an
+/// accepted one when Redis restarts empty; nothing says which of the two the buyer was told
+/// was accepted, and the rebuild admits the older.
+#[test]
+fn a_double_fault_can_still_lose_an_accepted_order_when_redis_restarts_empty() {
+    let model = PurchaseModel::with_repair(RepairRule::Current, 2);
+    let keeps = "an accepted purchase keeps its unit";
+    let checker = model
+        .clone()
+        .checker()
+        .threads(1)
+        .finish_when(HasDiscoveries::AnyOf([keeps].into()))
+        .spawn_bfs()
+        .join();
+    let actions = first_violation(&model, keeps, checker.discovery(keeps).expect("found"));
+    println!(
+        "two faults, found in {} unique states:\n{}",
+        checker.unique_state_count(),
+        trace(actions.clone())
+    );
+    assert!(actions.contains(&Action::LoseRedis));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Expire { .. } | Action::Publish { .. }))
     );
 }

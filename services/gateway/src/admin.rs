@@ -19,6 +19,8 @@ use flashsale_proto::{
     v1::{self as pb},
 };
 
+use flashsale_runtime::status::reason_of;
+
 use crate::{Error, Gateway, sales};
 
 /// Longest Reconcile --repair waits for a sale's queued events to be written (at most half the
@@ -182,35 +184,99 @@ impl Gateway {
         if !repair {
             return Ok(report);
         }
-        // A sale on sale that Redis holds is not rebuilt under its buyers' feet: a rebuild
-        // replaces every record (and a bucketed one is not even atomic across its buckets).
-        // One Redis lost is rebuilt at once, once: nothing can be reserved, committed or paid
-        // while it is missing, and releases wait for it. A sale off sale is rebuilt again
-        // until no order changed under the rebuild.
+        // A sale on sale that Redis holds is not rebuilt under its buyers' feet (and a bucketed
+        // rebuild is not even atomic across its buckets). One Redis lost is rebuilt at once,
+        // once: nothing can be reserved, committed or paid while it is missing, and releases
+        // wait for it. A sale off sale is rebuilt again until no order changed under the
+        // rebuild.
         let now = flashsale_proto::time::now_ms();
         let active = sales::state(&sale, now) == pb::SaleState::Active;
         if report.redis.is_some() && active {
             return Err(Error::SaleActive(sale_id.to_owned()));
         }
-        self.wait_for_drain(sale_id, pending).await?;
-        let after = if active {
-            let orders = self.inner.store.live_orders(sale_id).await?;
-            self.rebuild_from(&sale, orders).await?
-        } else {
-            self.rebuild_until_stable(&sale).await?
-        };
+        report.redis_after = Some(self.repair(&sale, active).await?);
         report.repaired = true;
-        report.redis_after = Some(after);
         Ok(report)
     }
 }
 
+/// What a repair read: whether Redis held the sale, then (the stream drained) its orders.
+struct Reading {
+    seen: pb::SalePresence,
+    orders: Vec<orders::Model>,
+}
+
 impl Gateway {
-    /// Queued events become orders first: otherwise their units would be missing from the
-    /// rebuild (and could be sold twice). Waits at most half the call's deadline.
-    async fn wait_for_drain(&self, sale_id: &str, mut pending: u64) -> Result<(), Error> {
+    /// Rebuilds Redis from Postgres (see `reconcile`). Every reading asks Redis whether it holds
+    /// the sale, waits for the sale's queued events to become orders, then reads the orders; a
+    /// rebuild that finds Redis changed since (REDIS_CHANGED) reads again. A sale off sale is
+    /// rebuilt until a reading equals the one the last rebuild was made from (at most
+    /// [`REBUILD_ROUNDS`] rebuilds): an order that changed between a reading and its rebuild
+    /// would otherwise stay rebuilt as it was.
+    async fn repair(
+        &self,
+        sale: &sales_entity::Model,
+        active: bool,
+    ) -> Result<pb::StockLevel, Error> {
+        let sale_id = sale.sale_id.as_str();
         let deadline = Instant::now() + DRAIN_WAIT.min(self.inner.request_timeout / 2);
-        while pending > 0 {
+        let mut last: Option<(Vec<orders::Model>, pb::StockLevel)> = None;
+        for _ in 0..REBUILD_ROUNDS {
+            let reading = self.read_for_repair(sale_id, deadline).await?;
+            if active && reading.seen == pb::SalePresence::SalePresent {
+                return Err(Error::SaleActive(sale_id.to_owned()));
+            }
+            if let Some((orders, after)) = last.take() {
+                if same_orders(&orders, &reading.orders) {
+                    return Ok(after);
+                }
+                tracing::info!(
+                    sale_id,
+                    "orders changed during the rebuild; rebuilding again"
+                );
+            }
+            match self.rebuild_from(sale, &reading).await {
+                Ok(after) if active => return Ok(after),
+                Ok(after) => last = Some((reading.orders, after)),
+                Err(Error::Upstream(status))
+                    if reason_of(&status).as_deref() == Some("REDIS_CHANGED") =>
+                {
+                    tracing::info!(
+                        sale_id,
+                        "Redis changed since the orders were read; reading again"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::RepairUnsettled(sale_id.to_owned()))
+    }
+
+    /// One reading of a repair: Redis's presence first, then the drain, then the orders, so
+    /// that an order accepted before Redis was lost is among them.
+    async fn read_for_repair(&self, sale_id: &str, deadline: Instant) -> Result<Reading, Error> {
+        let seen = match self.stock(sale_id).await? {
+            Some(_) => pb::SalePresence::SalePresent,
+            None => pb::SalePresence::SaleMissing,
+        };
+        self.wait_for_drain(sale_id, deadline).await?;
+        let orders = self.inner.store.sale_orders(sale_id).await?;
+        Ok(Reading { seen, orders })
+    }
+
+    /// Queued events become orders first: otherwise their units would be missing from the
+    /// rebuild (and could be sold twice). Waits until `deadline` (at most half the call's).
+    async fn wait_for_drain(&self, sale_id: &str, deadline: Instant) -> Result<(), Error> {
+        loop {
+            let pending = flashsale_orders::stream::pending(
+                &self.inner.js,
+                &self.inner.stream,
+                Some(sale_id),
+            )
+            .await?;
+            if pending == 0 {
+                return Ok(());
+            }
             if Instant::now() > deadline {
                 return Err(Error::StreamNotDrained {
                     sale_id: sale_id.to_owned(),
@@ -218,52 +284,19 @@ impl Gateway {
                 });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            pending = flashsale_orders::stream::pending(
-                &self.inner.js,
-                &self.inner.stream,
-                Some(sale_id),
-            )
-            .await?;
         }
-        Ok(())
-    }
-
-    /// Rebuilds Redis from a snapshot of the sale's live orders, then reads them again: an
-    /// order that changed in between (written, paid, cancelled, expired) would be rebuilt as
-    /// it was, so the rebuild is done again from the new snapshot, until a rebuild is
-    /// bracketed by two equal snapshots (at most [`REBUILD_ROUNDS`] times). Only for a sale
-    /// off sale: a later round must not replace reservations buyers made since the first.
-    async fn rebuild_until_stable(
-        &self,
-        sale: &sales_entity::Model,
-    ) -> Result<pb::StockLevel, Error> {
-        let sale_id = sale.sale_id.as_str();
-        let mut snapshot = self.inner.store.live_orders(sale_id).await?;
-        for _ in 0..REBUILD_ROUNDS {
-            let after = self.rebuild_from(sale, snapshot.clone()).await?;
-            let now = self.inner.store.live_orders(sale_id).await?;
-            if same_orders(&snapshot, &now) {
-                return Ok(after);
-            }
-            tracing::info!(
-                sale_id,
-                "orders changed during the rebuild; rebuilding again"
-            );
-            snapshot = now;
-        }
-        Err(Error::RepairUnsettled(sale_id.to_owned()))
     }
 
     async fn rebuild_from(
         &self,
         sale: &sales_entity::Model,
-        orders: Vec<orders::Model>,
+        reading: &Reading,
     ) -> Result<pb::StockLevel, Error> {
-        let (kept, waiting) = admit(sale, orders);
-        if !waiting.is_empty() {
+        let (given, refused) = admit(sale, &reading.orders, reading.seen);
+        if refused > 0 {
             tracing::warn!(
                 sale_id = %sale.sale_id,
-                refused = waiting.len(),
+                refused,
                 "orders written while Redis had lost the sale do not fit the stock; they will be marked lost"
             );
         }
@@ -273,7 +306,8 @@ impl Gateway {
             .clone()
             .rebuild(pb::RebuildRequest {
                 sale: Some(sales::sale_pb(sale)),
-                reservations: kept.iter().map(reservation_of).collect(),
+                reservations: given,
+                seen: reading.seen as i32,
             })
             .await
             .map_err(Error::Upstream)?
@@ -305,56 +339,82 @@ fn same_orders(a: &[orders::Model], b: &[orders::Model]) -> bool {
     key(a) == key(b)
 }
 
-/// Which live orders the rebuilt stock holds. Orders whose commit went through before Redis was
-/// lost come first, all of them (more than the stock is corruption, and the rebuild refuses it).
-/// Orders written since, whose holds nobody could check, are then taken oldest first while the
-/// stock and the buyer's limit allow: a hold that expired and was sold again must not be sold
-/// twice. The rest stay out of Redis; their commits then find no reservation and the order
-/// pipeline marks them lost, as it does for any hold that expired before its order was written.
+/// The reservations a rebuild is given, and how many orders it refused.
+/// - Closed orders (cancelled, expired) come back as released reservations: no units, but
+///   their idempotency keys keep answering with the original order.
+/// - Orders whose commit went through come back as they are, all of them (more than the stock
+///   is corruption, and the rebuild refuses it).
+/// - Orders whose commit is still pending: while Redis holds the sale, its own reservations
+///   decide them (the rebuild keeps what it is not given). When Redis lost the sale, nobody can
+///   check their holds: they are taken oldest first while the stock and the buyer's limit
+///   allow (a hold that expired and was sold again must not be sold twice); the rest stay out
+///   of Redis, and their commits then find no reservation and are marked lost.
 fn admit(
-    sale: &flashsale_orders::entity::sales::Model,
-    orders: Vec<orders::Model>,
-) -> (Vec<orders::Model>, Vec<orders::Model>) {
-    let (mut kept, mut undecided): (Vec<_>, Vec<_>) = orders
-        .into_iter()
-        .partition(|o| o.inventory_pending != Some(orders::InventoryAction::Commit));
-    undecided.sort_by(|a, b| (a.created_at, &a.order_id).cmp(&(b.created_at, &b.order_id)));
-    let mut units: i64 = kept.iter().map(|o| i64::from(o.quantity)).sum();
-    let mut per_user: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-    for order in &kept {
-        *per_user.entry(order.user_id.clone()).or_default() += i64::from(order.quantity);
+    sale: &sales_entity::Model,
+    orders: &[orders::Model],
+    seen: pb::SalePresence,
+) -> (Vec<pb::Reservation>, usize) {
+    let undecided = |o: &&orders::Model| {
+        o.status == Status::PendingPayment
+            && o.inventory_pending == Some(orders::InventoryAction::Commit)
+    };
+    let mut given: Vec<pb::Reservation> = orders
+        .iter()
+        .filter(|o| !undecided(o))
+        .map(reservation_of)
+        .collect();
+    let mut waiting: Vec<&orders::Model> = orders.iter().filter(undecided).collect();
+    if seen == pb::SalePresence::SalePresent {
+        return (given, 0);
     }
-    let mut refused = Vec::new();
-    for order in undecided {
+    waiting.sort_by(|a, b| (a.created_at, &a.order_id).cmp(&(b.created_at, &b.order_id)));
+    let holds = |r: &pb::Reservation| r.state != pb::ReservationState::Released as i32;
+    let mut units: i64 = given
+        .iter()
+        .filter(|r| holds(r))
+        .map(|r| i64::from(r.quantity))
+        .sum();
+    let mut per_user: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for r in given.iter().filter(|r| holds(r)) {
+        *per_user.entry(r.user_id.clone()).or_default() += i64::from(r.quantity);
+    }
+    let mut refused = 0;
+    for order in waiting {
         let quantity = i64::from(order.quantity);
         let user = per_user.entry(order.user_id.clone()).or_default();
         if units + quantity <= sale.stock && *user + quantity <= i64::from(sale.per_user_limit) {
             units += quantity;
             *user += quantity;
-            kept.push(order);
+            given.push(reservation_of(order));
         } else {
-            refused.push(order);
+            refused += 1;
         }
     }
-    (kept, refused)
+    (given, refused)
 }
 
+/// An order as the rebuild takes it: COMMITTED (pending payment), CONFIRMED (paid), or
+/// RELEASED (closed; a lost one as its hold's expiry, so its key answers PURCHASE_FAILED).
 fn reservation_of(order: &orders::Model) -> pb::Reservation {
-    let paid = order.status == Status::Paid;
+    use pb::{ReleaseReason as Why, ReservationState as State};
+    let lost = order.status_reason.as_deref() == Some("RESERVATION_LOST");
+    let (state, why) = match order.status {
+        Status::PendingPayment => (State::Committed, Why::Unspecified),
+        Status::Paid => (State::Confirmed, Why::Unspecified),
+        Status::Cancelled => (State::Released, Why::Cancelled),
+        Status::Expired if lost => (State::Released, Why::ReservationExpired),
+        Status::Expired => (State::Released, Why::PaymentExpired),
+    };
     pb::Reservation {
         reservation_id: order.order_id.clone(),
         sale_id: order.sale_id.clone(),
         user_id: order.user_id.clone(),
         quantity: order.quantity as u32,
-        state: if paid {
-            pb::ReservationState::Confirmed
-        } else {
-            pb::ReservationState::Committed
-        } as i32,
+        state: state as i32,
         created_at: Some(timestamp(ms(order.created_at))),
-        expires_at: (!paid).then(|| timestamp(ms(order.pay_deadline))),
+        expires_at: (state == State::Committed).then(|| timestamp(ms(order.pay_deadline))),
         idempotency_key: order.idempotency_key.clone(),
-        queued: true,
-        release_reason: pb::ReleaseReason::Unspecified as i32,
+        queued: !lost,
+        release_reason: why as i32,
     }
 }

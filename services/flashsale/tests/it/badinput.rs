@@ -932,6 +932,7 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
                 enc(pb::RebuildRequest {
                     sale,
                     reservations: Vec::new(),
+                    seen: pb::SalePresence::SaleMissing as i32,
                 }),
                 Code::InvalidArgument,
             )
@@ -954,6 +955,28 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
             enc(pb::RebuildRequest {
                 sale: Some(good_sale()),
                 reservations: vec![held.clone()],
+                seen: pb::SalePresence::SaleMissing as i32,
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "no word on whether Redis held the sale",
+            enc(pb::RebuildRequest {
+                sale: Some(good_sale()),
+                reservations: Vec::new(),
+                seen: pb::SalePresence::Unspecified as i32,
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "a RELEASED reservation without its reason",
+            enc(pb::RebuildRequest {
+                sale: Some(good_sale()),
+                reservations: vec![pb::Reservation {
+                    state: pb::ReservationState::Released as i32,
+                    ..held.clone()
+                }],
+                seen: pb::SalePresence::SaleMissing as i32,
             }),
             Code::InvalidArgument,
         ),
@@ -965,6 +988,7 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
                     state: 42,
                     ..held.clone()
                 }],
+                seen: pb::SalePresence::SaleMissing as i32,
             }),
             Code::InvalidArgument,
         ),
@@ -977,6 +1001,7 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
                     quantity: 1_000,
                     ..held.clone()
                 }],
+                seen: pb::SalePresence::SaleMissing as i32,
             }),
             Code::FailedPrecondition,
         ),

@@ -88,6 +88,25 @@ async fn order_status(mesh: &Mesh, order_id: &str, limit: Duration) -> Option<St
     }
 }
 
+/// Waits (up to 20 s) for the order to be written; fails the test if it never is.
+async fn assert_written(mesh: &Mesh, order_id: &str) {
+    assert!(
+        order_status(mesh, order_id, Duration::from_secs(20))
+            .await
+            .is_some(),
+        "order {order_id} is written"
+    );
+}
+
+/// An operator's token and an admin client at the gateway.
+async fn operator(mesh: &Mesh) -> (String, SaleAdminClient<tonic::transport::Channel>) {
+    let token = mesh
+        .signer()
+        .token("operator", true, Duration::from_secs(600));
+    let admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
+    (token, admin)
+}
+
 /// The sale's stock as the inventory counts it.
 async fn stock(mesh: &Mesh, sale: &pb::Sale) -> pb::StockLevel {
     InventoryClient::new(mesh.channel(mesh.ports.inventory).await)
@@ -317,26 +336,15 @@ async fn finding_05_ending_a_sale_redis_lost_keeps_its_waiting_orders() {
     let mut mesh = Mesh::start("finding 5").await;
     let sale = create_sale_with(&mesh, 5, 1, 600_000, |_| {}).await;
     let written = buy(&mesh, &sale, "alice", "k").await.expect("accepted");
-    assert!(
-        order_status(&mesh, &written.order_id, Duration::from_secs(20))
-            .await
-            .is_some()
-    );
+    assert_written(&mesh, &written.order_id).await;
     mesh.pause("order-consumer");
     let waiting = buy(&mesh, &sale, "bob", "k").await.expect("accepted");
     mesh.redis.restart().await.unwrap();
     mesh.resume("order-consumer");
     // Bob's order is written; its commit waits while Redis lacks the sale.
-    assert!(
-        order_status(&mesh, &waiting.order_id, Duration::from_secs(20))
-            .await
-            .is_some()
-    );
+    assert_written(&mesh, &waiting.order_id).await;
 
-    let token = mesh
-        .signer()
-        .token("operator", true, Duration::from_secs(600));
-    let mut admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
+    let (token, mut admin) = operator(&mesh).await;
     admin
         .end_sale(authorized(
             pb::EndSaleRequest {
@@ -410,10 +418,7 @@ async fn finding_03_a_repair_while_orders_change_revives_none() {
         assert!(Instant::now() < deadline, "orders written and committed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let token = mesh
-        .signer()
-        .token("operator", true, Duration::from_secs(600));
-    let admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
+    let (token, admin) = operator(&mesh).await;
     let refused = repair(admin.clone(), &sale.sale_id, &token)
         .await
         .unwrap_err();
@@ -482,11 +487,7 @@ async fn finding_11_a_retry_while_redis_lost_the_sale_is_never_told_sold_out() {
     let mut mesh = Mesh::start_with("finding 11 with Redis lost", extra).await;
     let sale = create_sale_with(&mesh, 1, 1, 600_000, |_| {}).await;
     let first = buy(&mesh, &sale, "alice", "key-1").await.expect("accepted");
-    assert!(
-        order_status(&mesh, &first.order_id, Duration::from_secs(20))
-            .await
-            .is_some()
-    );
+    assert_written(&mesh, &first.order_id).await;
     // Without a key: the gateway needs no key set for bob, so it has read none yet.
     let stranger = buy(&mesh, &sale, "bob", "").await.unwrap_err();
     assert_eq!(reason_of(&stranger).as_deref(), Some("SOLD_OUT"));
@@ -500,10 +501,7 @@ async fn finding_11_a_retry_while_redis_lost_the_sale_is_never_told_sold_out() {
         "alice's retry while Redis lacks the sale: {retry:?} (carol heard {another:?})"
     );
 
-    let token = mesh
-        .signer()
-        .token("operator", true, Duration::from_secs(600));
-    let admin = SaleAdminClient::new(mesh.channel(mesh.ports.gateway).await);
+    let (token, admin) = operator(&mesh).await;
     repair(admin, &sale.sale_id, &token)
         .await
         .expect("the lost sale is repaired");
@@ -528,4 +526,41 @@ async fn finding_11_a_retry_while_redis_lost_the_sale_is_never_told_sold_out() {
             }
         }
     }
+}
+
+/// Found by the model checker (`flashsale-model`, the original repair rule): the rebuild was
+/// made from the live orders alone, so the key of a closed order vanished with Redis. Alice
+/// buys with key K and cancels; Redis restarts empty and is repaired; her retry with K must get
+/// her original order, not a new purchase (nor, once the sale ended, SALE_NOT_ACTIVE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_finding_a_a_closed_orders_key_keeps_its_answer_after_a_repair() {
+    let mut mesh = Mesh::start("model finding a").await;
+    let sale = create_sale_with(&mesh, 5, 1, 600_000, |_| {}).await;
+    let first = buy(&mesh, &sale, "alice", "key-1").await.expect("accepted");
+    assert_written(&mesh, &first.order_id).await;
+    flashsale_proto::v1::orders_client::OrdersClient::new(mesh.channel(mesh.ports.orders).await)
+        .cancel(pb::CancelRequest {
+            order_id: first.order_id.clone(),
+            user_id: "alice".into(),
+        })
+        .await
+        .expect("alice cancels");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stock(&mesh, &sale).await.available < 5 {
+        assert!(Instant::now() < deadline, "the cancelled unit comes back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    mesh.redis.restart().await.unwrap();
+    let (token, admin) = operator(&mesh).await;
+    repair(admin, &sale.sale_id, &token)
+        .await
+        .expect("the lost sale is repaired");
+    let retry = buy(&mesh, &sale, "alice", "key-1").await;
+    assert_eq!(
+        retry.as_ref().ok().map(|a| a.order_id.as_str()),
+        Some(first.order_id.as_str()),
+        "the retry gets the original order: {retry:?}"
+    );
+    assert_eq!(stock(&mesh, &sale).await.available, 5, "and takes nothing");
 }
