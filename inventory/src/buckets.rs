@@ -45,6 +45,12 @@
 //! **settle** it later (the sweeper does, and a buyer does before answering sold out): Credit is
 //! idempotent, so settling a transfer another process is finishing is harmless.
 //!
+//! A rebuild (`Reconcile --repair`) counts every slot afresh from the orders and drops the
+//! journals, so a Credit still on its way from before it would add units the pool already
+//! has. Every slot carries the sale's **generation** (`gen`); Give records it in the journal
+//! entry (`destination:units:generation`), a rebuild gives every slot a new one first, and a
+//! Credit of another generation changes nothing.
+//!
 //! With replicas and `redis.replica_acks > 0`, each step waits (`WAIT`) until the replicas have
 //! it before the next begins: a master killed after a Give cannot lose the Give while the
 //! Credit survives (that would double the units), and a buyer is answered only once the
@@ -188,12 +194,30 @@ pub(crate) async fn wait_replicas(
     Ok(acked >= i64::from(replicas))
 }
 
-/// Parses `"destination:units"` from a journal entry.
-pub(crate) fn parse_journal(entry: &str) -> Result<(u32, u64), Error> {
-    entry
-        .split_once(':')
-        .and_then(|(to, n)| Some((to.parse().ok()?, n.parse().ok()?)))
-        .ok_or_else(|| Error::Protocol(format!("journal entry {entry:?}")))
+/// One journalled transfer: where its units go, how many, and the sale's generation when it
+/// was given (see `give.lua`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Journalled {
+    pub(crate) to: u32,
+    pub(crate) units: u64,
+    pub(crate) generation: String,
+}
+
+/// Parses `"destination:units:generation"` from a journal entry (`"destination:units"`, an
+/// entry written before generations, is of generation `0`).
+pub(crate) fn parse_journal(entry: &str) -> Result<Journalled, Error> {
+    let mut parts = entry.splitn(3, ':');
+    let to = parts.next().and_then(|t| t.parse().ok());
+    let units = parts.next().and_then(|n| n.parse().ok());
+    let generation = parts.next().unwrap_or("0").to_owned();
+    match (to, units) {
+        (Some(to), Some(units)) if !generation.is_empty() => Ok(Journalled {
+            to,
+            units,
+            generation,
+        }),
+        _ => Err(Error::Protocol(format!("journal entry {entry:?}"))),
+    }
 }
 
 #[cfg(test)]
@@ -246,8 +270,15 @@ mod tests {
 
     #[test]
     fn journal_entries_parse() {
-        assert_eq!(parse_journal("3:39").unwrap(), (3, 39));
+        let old = parse_journal("3:39").unwrap();
+        assert_eq!((old.to, old.units, old.generation.as_str()), (3, 39, "0"));
+        let new = parse_journal("3:39:0192-ab").unwrap();
+        assert_eq!(
+            (new.to, new.units, new.generation.as_str()),
+            (3, 39, "0192-ab")
+        );
         assert!(parse_journal("3").is_err());
         assert!(parse_journal("x:1").is_err());
+        assert!(parse_journal("3:39:").is_err());
     }
 }

@@ -617,43 +617,63 @@ impl Inventory {
             .await?;
         let given = uint(&reply, 0)?;
         let pending = uint(&reply, 1)?;
-        if given > 0 {
-            self.credit(sale_id, buckets, from_tag, &transfer_id, to, given)
-                .await?;
+        if given == 0 {
+            return Ok((0, pending));
         }
-        Ok((given, pending))
+        let journalled = buckets::Journalled {
+            to,
+            units: given,
+            generation: text(&reply, 2)?,
+        };
+        let credited = self
+            .credit(sale_id, buckets, from_tag, &transfer_id, &journalled)
+            .await?;
+        Ok((if credited { given } else { 0 }, pending))
     }
 
     /// Applies a journalled transfer to its bucket (once, however often it is called) and
-    /// clears the journal entry.
+    /// clears the journal entry. False when the transfer is stale (a rebuild ran since its
+    /// Give and counted its units afresh): nothing is credited, the entry is cleared.
     async fn credit(
         &self,
         sale_id: &str,
         buckets: u32,
         from_tag: &str,
         transfer_id: &str,
-        to: u32,
-        units: u64,
-    ) -> Result<(), Error> {
-        let to_tag = buckets::bucket_tag(sale_id, to, buckets);
+        journalled: &buckets::Journalled,
+    ) -> Result<bool, Error> {
+        let to_tag = buckets::bucket_tag(sale_id, journalled.to, buckets);
         let reply = self
             .eval_acked(
                 &self.inner.scripts.transfer.credit,
                 vec![buckets::hash_key(&to_tag), buckets::applied_key(&to_tag)],
-                vec![Value::from(transfer_id), Value::from(units as i64)],
+                vec![
+                    Value::from(transfer_id),
+                    Value::from(journalled.units as i64),
+                    Value::from(journalled.generation.as_str()),
+                ],
                 |reply| int(reply, 0).is_ok_and(|n| n == 1),
             )
             .await?;
-        if int(&reply, 0)? < 0 {
-            return Err(Error::SaleNotFound(to_tag));
-        }
+        let applied = match int(&reply, 0)? {
+            -1 => return Err(Error::SaleNotFound(to_tag)),
+            -2 => {
+                tracing::info!(
+                    sale_id,
+                    transfer_id,
+                    "a transfer from before a rebuild is dropped"
+                );
+                false
+            }
+            _ => true,
+        };
         self.command(
             self.inner
                 .redis
                 .hdel::<i64, _, _>(buckets::journal_key(from_tag), transfer_id),
         )
         .await?;
-        Ok(())
+        Ok(applied)
     }
 
     /// Finishes every journalled transfer of a bucketed sale (left by a process that died
@@ -672,10 +692,13 @@ impl Inventory {
                 .command(self.inner.redis.hgetall(buckets::journal_key(&tag)))
                 .await?;
             for (transfer_id, entry) in entries {
-                let (to, units) = buckets::parse_journal(&entry)?;
-                self.credit(sale_id, layout.buckets, &tag, &transfer_id, to, units)
-                    .await?;
-                moved += units;
+                let journalled = buckets::parse_journal(&entry)?;
+                if self
+                    .credit(sale_id, layout.buckets, &tag, &transfer_id, &journalled)
+                    .await?
+                {
+                    moved += journalled.units;
+                }
             }
         }
         Ok(moved)
@@ -1115,6 +1138,7 @@ impl Inventory {
             .map(|group| rebuild_args(spec, -1, "ANY", group))
             .collect::<Result<_, _>>()?;
         self.load_sale(spec).await?;
+        self.new_generation(&spec.sale_id, n).await?;
         let mut given = 0;
         for (k, args) in args.into_iter().enumerate() {
             let tag = buckets::bucket_tag(&spec.sale_id, k as u32, n);
@@ -1145,6 +1169,23 @@ impl Inventory {
             self.signal(&spec.sale_id, n, 0, stock.available, 0).await;
         }
         Ok(stock)
+    }
+
+    /// Gives every slot of a bucketed sale a new generation: a transfer given before it (its
+    /// units counted afresh by the rebuild) credits nothing after it.
+    async fn new_generation(&self, sale_id: &str, buckets: u32) -> Result<(), Error> {
+        let generation = uuid::Uuid::now_v7().to_string();
+        let tags = std::iter::once(sale_id.to_owned())
+            .chain((0..buckets).map(|k| buckets::bucket_tag(sale_id, k, buckets)));
+        for tag in tags {
+            self.command(
+                self.inner
+                    .redis
+                    .hset::<i64, _, _>(buckets::hash_key(&tag), ("gen", generation.as_str())),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn finish_rebuild(
@@ -1250,15 +1291,17 @@ impl Inventory {
                 .command(self.inner.redis.hgetall(buckets::journal_key(&tag)))
                 .await?;
             for (transfer_id, entry) in journal {
-                let (to, units) = buckets::parse_journal(&entry)?;
+                let journalled = buckets::parse_journal(&entry)?;
+                let to = buckets::bucket_tag(sale_id, journalled.to, layout.buckets);
                 let applied: bool = self
-                    .command(self.inner.redis.sismember(
-                        buckets::applied_key(&buckets::bucket_tag(sale_id, to, layout.buckets)),
-                        transfer_id,
-                    ))
+                    .command(
+                        self.inner
+                            .redis
+                            .sismember(buckets::applied_key(&to), transfer_id),
+                    )
                     .await?;
                 if !applied {
-                    sale.available += units;
+                    sale.available += journalled.units;
                 }
             }
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use flashsale_inventory::{
     Error, Inventory, Outcome, ReleaseReason, ReservationState, SalePresence, SaleSpec,
-    buckets::{bucket_of, home_bucket},
+    buckets::{bucket_of, bucket_tag, home_bucket},
 };
 use fred::prelude::*;
 use futures::future::join_all;
@@ -282,4 +282,57 @@ async fn a_bucketed_sale_is_rebuilt_from_its_orders() {
             .await,
         Err(Error::InvalidArgument { .. })
     ));
+}
+
+/// The remaining repair race: a transfer between a bucketed sale's slots is two scripts (Give,
+/// then Credit). A Credit delayed across a repair (held on a connection while Redis restarts
+/// empty and the sale is rebuilt) landed on the rebuilt bucket and added units that the
+/// rebuild had already given to the pool: more units than stock. A rebuild starts a new
+/// generation of the sale; a Credit of an older one changes nothing.
+#[tokio::test]
+async fn a_credit_from_before_a_rebuild_creates_no_units() {
+    let (mut redis, inventory) = inventory(None).await;
+    let sale = bucketed(30, 1, 3);
+    inventory.load_sale(&sale).await.unwrap();
+    let client = raw(&redis.url()).await;
+    let control = format!("fs:{{{}}}:sale", sale.sale_id);
+    let tid = "transfer-in-flight";
+    let give: Vec<Value> = client
+        .eval(
+            include_str!("../../lua/give.lua"),
+            vec![control.clone(), format!("fs:{{{}}}:out", sale.sale_id)],
+            vec!["1", "1", "5", "pool", "1"],
+        )
+        .await
+        .unwrap();
+    let units = give[0].as_i64().unwrap();
+    assert_eq!(units, 5, "the Give took five units from the pool: {give:?}");
+    let generation = give.get(2).and_then(Value::as_i64).unwrap_or(0);
+
+    redis.restart().await.unwrap();
+    inventory
+        .rebuild(&sale, &[], SalePresence::Missing)
+        .await
+        .unwrap();
+
+    let bucket = bucket_tag(&sale.sale_id, 1, 3);
+    let client = raw(&redis.url()).await;
+    let credit: Vec<Value> = client
+        .eval(
+            include_str!("../../lua/credit.lua"),
+            vec![
+                format!("fs:{{{bucket}}}:sale"),
+                format!("fs:{{{bucket}}}:in"),
+            ],
+            vec![tid.to_owned(), units.to_string(), generation.to_string()],
+        )
+        .await
+        .unwrap();
+    let audit = assert_consistent(&inventory, &sale.sale_id).await;
+    assert_eq!(
+        audit.stock.total, 30,
+        "the late Credit ({credit:?}) must not add units: {:?}",
+        audit.stock
+    );
+    assert_eq!(audit.stock.available, 30);
 }
