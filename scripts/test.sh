@@ -18,8 +18,8 @@ if cargo deny fetch >/dev/null 2>&1; then
 else
   echo "== cargo deny (advisories): SKIPPED, the RustSec database (github.com) cannot be fetched"
 fi
-echo "== benchmarks build"
-cargo bench --workspace --no-run --locked --quiet
+echo "== benchmarks build (dev profile: it shares the test build; figures come from \`cargo bench\`)"
+cargo build --workspace --benches --locked --quiet
 echo "== doc tests"
 cargo test --workspace --doc --locked --quiet
 echo "== fuzz targets: build, then a few seconds each"
