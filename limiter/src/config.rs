@@ -78,7 +78,15 @@ pub struct SidecarConfig {
     pub descriptors: Vec<Vec<Source>>,
     /// Paths never limited (health checks, reflection), as prefixes.
     pub exempt: Vec<String>,
+    /// Proxies in front of the sidecar that append the address they saw to `x-forwarded-for`
+    /// (Envoy's `xff_num_trusted_hops`). 0: the caller is the connection's peer and the header
+    /// is ignored; N: the Nth address from the right end of the header (the one the outermost
+    /// trusted proxy appended), or the peer when the header has fewer.
+    pub xff_num_trusted_hops: u32,
 }
+
+/// Most trusted proxy hops [`SidecarConfig::xff_num_trusted_hops`] may name.
+pub const MAX_TRUSTED_HOPS: u32 = 16;
 
 impl Default for Config {
     fn default() -> Self {
@@ -109,6 +117,7 @@ impl Default for SidecarConfig {
                 vec![Source::Sale],
             ],
             exempt: vec!["/grpc.health.v1.Health/".into(), "/grpc.reflection.".into()],
+            xff_num_trusted_hops: 0,
         }
     }
 }
@@ -161,6 +170,12 @@ impl Validate for SidecarConfig {
             return Err(Invalid::new(
                 "descriptors",
                 "each descriptor needs at least one source",
+            ));
+        }
+        if self.xff_num_trusted_hops > MAX_TRUSTED_HOPS {
+            return Err(Invalid::new(
+                "xff_num_trusted_hops",
+                format!("at most {MAX_TRUSTED_HOPS}"),
             ));
         }
         Ok(())

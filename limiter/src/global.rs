@@ -120,12 +120,10 @@ impl GlobalLimits {
                 check.algorithm.as_str(),
                 check.key
             );
-            keys.push(format!("{base}:{}:{slot}", check.limit.requests_per_unit));
-            keys.push(format!(
-                "{base}:{}:{}",
-                check.limit.requests_per_unit,
-                slot.wrapping_sub(1)
-            ));
+            // The window, not the limit, names the counter: a reload that changes a limit keeps
+            // the window's count.
+            keys.push(format!("{base}:{window}:{slot}"));
+            keys.push(format!("{base}:{window}:{}", slot.wrapping_sub(1)));
             args.push(Value::from(match check.algorithm {
                 Algorithm::SlidingWindow => "S",
                 _ => "F",

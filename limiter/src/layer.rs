@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tower::{Layer, Service};
 
 use crate::{
@@ -28,6 +27,32 @@ pub const SALE_HEADER: &str = "flashsale-sale-id";
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Who a call comes from, verified: the user id an `authorization` header's token names once
+/// its signature and claims check, else `None`. The sidecar is given the gateway's verifier.
+#[derive(Clone)]
+pub struct Identify(Arc<VerifyFn>);
+
+/// From an `authorization` header value to the verified user id.
+type VerifyFn = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+impl Identify {
+    /// A verifier from `authorization` header values to user ids.
+    pub fn new(verify: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(verify))
+    }
+
+    fn subject(&self, headers: &http::HeaderMap) -> Option<String> {
+        let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+        (self.0)(value)
+    }
+}
+
+impl std::fmt::Debug for Identify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identify")
+    }
+}
+
 /// What to ask the limiter for each call.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -37,6 +62,13 @@ pub struct Policy {
     pub descriptors: Vec<Vec<Source>>,
     /// Path prefixes never limited.
     pub exempt: Vec<String>,
+    /// Trusted proxies appending to `x-forwarded-for` (see
+    /// [`crate::config::SidecarConfig::xff_num_trusted_hops`]).
+    pub xff_num_trusted_hops: u32,
+    /// The token verifier the `user` source needs: without one, or for a token that does not
+    /// verify, a call has no user and is charged to its other descriptors only (a forged token
+    /// naming someone must never spend that someone's limit).
+    pub identify: Option<Identify>,
 }
 
 /// Applies a [`Limiter`] in front of a service.
@@ -76,28 +108,27 @@ pub struct RateLimited<S> {
     policy: Arc<Policy>,
 }
 
-/// The unverified `sub` claim of a bearer token.
-fn token_subject(headers: &http::HeaderMap) -> Option<String> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?;
-    let payload = token.split('.').nth(1)?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-    claims.get("sub")?.as_str().map(str::to_owned)
-}
-
-fn client_ip<B>(request: &http::Request<B>) -> Option<String> {
-    let forwarded = request
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    if let Some(first) = forwarded {
-        return Some(first.to_owned());
+/// The caller's address: with `trusted_hops` proxies in front, the address the outermost of them
+/// appended to `x-forwarded-for` (the `trusted_hops`-th from the right; what lies to its left
+/// the caller wrote and is ignored); else, or when that entry is missing or not an address, the
+/// connection's peer.
+fn client_ip<B>(request: &http::Request<B>, trusted_hops: u32) -> Option<String> {
+    if trusted_hops > 0 {
+        let entries: Vec<&str> = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        let from_right = entries
+            .len()
+            .checked_sub(trusted_hops as usize)
+            .map(|i| entries[i]);
+        if let Some(ip) = from_right.and_then(|e| e.parse::<std::net::IpAddr>().ok()) {
+            return Some(ip.to_string());
+        }
     }
     let ext = request.extensions();
     ext.get::<PeerAddr>()
@@ -109,41 +140,64 @@ fn client_ip<B>(request: &http::Request<B>) -> Option<String> {
         .map(|a| a.ip().to_string())
 }
 
-/// The limiter request for one call: a descriptor per configured list, skipping lists with a
-/// source the call does not carry (no token, no sale header).
-pub fn describe<B>(policy: &Policy, request: &http::Request<B>) -> Request {
-    let headers = request.headers();
-    let value = |source: &Source| -> Option<(String, String)> {
-        match source {
-            Source::Method => Some(("method".into(), request.uri().path().to_owned())),
-            Source::User => token_subject(headers).map(|s| ("user".into(), s)),
-            Source::Ip => client_ip(request).map(|ip| ("ip".into(), ip)),
-            Source::Sale => headers
-                .get(SALE_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| ("sale".into(), v.to_owned())),
-            Source::Header(name) => headers
-                .get(name.as_str())
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (name.clone(), v.to_owned())),
-        }
-    };
-    let descriptors = policy
-        .descriptors
-        .iter()
-        .filter_map(|sources| {
-            let entries: Option<Vec<(String, String)>> = sources.iter().map(value).collect();
-            entries.map(|entries| Descriptor {
-                entries,
-                ..Descriptor::default()
+/// A header's value as descriptor text: absent is `None`; present but not visible ASCII is an
+/// error (a value the limiter cannot read must not drop the limit it names).
+fn header_text(headers: &http::HeaderMap, name: &str) -> Result<Option<String>, Error> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map(str::to_owned).map_err(|_| {
+                Error::InvalidArgument(format!("header {name} is not visible ASCII text"))
             })
         })
-        .collect();
-    Request {
+        .transpose()
+}
+
+/// The limiter request for one call: a descriptor per configured list, skipping lists with a
+/// source the call does not carry (no token, no sale header). A header the call carries but
+/// that is not text is an error.
+pub fn describe<B>(policy: &Policy, request: &http::Request<B>) -> Result<Request, Error> {
+    let headers = request.headers();
+    let value = |source: &Source| -> Result<Option<(String, String)>, Error> {
+        Ok(match source {
+            Source::Method => Some(("method".into(), request.uri().path().to_owned())),
+            Source::User => policy
+                .identify
+                .as_ref()
+                .and_then(|identify| identify.subject(headers))
+                .map(|s| ("user".into(), s)),
+            Source::Ip => {
+                client_ip(request, policy.xff_num_trusted_hops).map(|ip| ("ip".into(), ip))
+            }
+            // A Purchase's own message names its sale (the sidecar reads it); the header only
+            // for other calls.
+            Source::Sale => match request.extensions().get::<crate::purchase::SaleOfCall>() {
+                Some(sale) => Some(("sale".into(), sale.0.clone())),
+                None => header_text(headers, SALE_HEADER)?.map(|v| ("sale".into(), v)),
+            },
+            Source::Header(name) => header_text(headers, name)?.map(|v| (name.clone(), v)),
+        })
+    };
+    let mut descriptors = Vec::with_capacity(policy.descriptors.len());
+    for sources in &policy.descriptors {
+        let entries: Option<Vec<(String, String)>> = sources
+            .iter()
+            .map(value)
+            .collect::<Result<Vec<_>, Error>>()?
+            .into_iter()
+            .collect();
+        if let Some(entries) = entries {
+            descriptors.push(Descriptor {
+                entries,
+                ..Descriptor::default()
+            });
+        }
+    }
+    Ok(Request {
         domain: policy.domain.clone(),
         descriptors,
         hits_addend: 1,
-    }
+    })
 }
 
 impl<S, B, R> Service<http::Request<B>> for RateLimited<S>
@@ -174,7 +228,10 @@ where
         {
             return Box::pin(inner.call(request));
         }
-        let limit_request = describe(&self.policy, &request);
+        let limit_request = match describe(&self.policy, &request) {
+            Ok(limit_request) => limit_request,
+            Err(e) => return Box::pin(async move { Ok(refusal(&e)) }),
+        };
         let limiter = self.limiter.clone();
         Box::pin(async move {
             if limit_request.descriptors.is_empty() {
@@ -195,26 +252,58 @@ where
                     Ok(flashsale_runtime::to_status(&error).into_http())
                 }
                 Ok(_) => inner.call(request).await,
-                Err(e) => {
-                    // A call the limiter cannot judge is not the caller's fault: let it through.
-                    tracing::warn!(error = %e, "rate limit not judged; allowing the call");
-                    inner.call(request).await
-                }
+                // Input the limiter cannot judge never unlocks it (Redis being away is decided
+                // inside, by the failure mode): refused, with the reason.
+                Err(e) => Ok(refusal(&e)),
             }
         })
     }
 }
 
+/// A call refused before the service, with the error's status and reason.
+fn refusal<R: Default>(error: &Error) -> http::Response<R> {
+    tracing::debug!(%error, "call refused by the rate limit layer");
+    flashsale_runtime::to_status(error).into_http()
+}
+
 #[cfg(test)]
 mod tests {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
     use super::*;
+
+    #[test]
+    fn the_caller_is_the_peer_unless_proxies_are_trusted() {
+        let request = |xff: &str| {
+            let mut request = http::Request::builder()
+                .header("x-forwarded-for", xff)
+                .body(())
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(PeerAddr(SocketAddr::from(([192, 0, 2, 1], 4000))));
+            request
+        };
+        let forged = request("198.51.100.66, 203.0.113.9");
+        assert_eq!(client_ip(&forged, 0).as_deref(), Some("192.0.2.1"));
+        assert_eq!(client_ip(&forged, 1).as_deref(), Some("203.0.113.9"));
+        assert_eq!(client_ip(&forged, 2).as_deref(), Some("198.51.100.66"));
+        assert_eq!(
+            client_ip(&forged, 3).as_deref(),
+            Some("192.0.2.1"),
+            "fewer entries than trusted hops: the peer"
+        );
+        let garbage = request("not-an-address");
+        assert_eq!(client_ip(&garbage, 1).as_deref(), Some("192.0.2.1"));
+    }
 
     #[test]
     fn descriptors_come_from_metadata() {
         let claims = URL_SAFE_NO_PAD.encode(br#"{"sub":"alice","aud":"flashsale"}"#);
+        let expected = format!("Bearer h.{claims}.sig");
         let request = http::Request::builder()
             .uri("http://gw/flashsale.v1.FlashSale/Purchase")
-            .header("authorization", format!("Bearer h.{claims}.sig"))
+            .header("authorization", &expected)
             .header("x-forwarded-for", "203.0.113.9, 10.0.0.1")
             .header(SALE_HEADER, "s1")
             .body(())
@@ -228,8 +317,12 @@ mod tests {
                 vec![Source::Header("x-absent".into())],
             ],
             exempt: vec![],
+            xff_num_trusted_hops: 1,
+            identify: Some(Identify::new(move |header| {
+                (header == expected).then(|| "alice".to_owned())
+            })),
         };
-        let r = describe(&policy, &request);
+        let r = describe(&policy, &request).unwrap();
         let entries: Vec<Vec<(String, String)>> =
             r.descriptors.into_iter().map(|d| d.entries).collect();
         let e = |k: &str, v: &str| (k.to_owned(), v.to_owned());
@@ -240,7 +333,7 @@ mod tests {
                     e("method", "/flashsale.v1.FlashSale/Purchase"),
                     e("user", "alice")
                 ],
-                vec![e("ip", "203.0.113.9")],
+                vec![e("ip", "10.0.0.1")],
                 vec![e("sale", "s1")],
             ]
         );

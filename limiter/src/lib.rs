@@ -27,6 +27,7 @@ pub mod layer;
 pub mod limiter;
 pub mod local;
 mod metrics;
+pub mod purchase;
 pub mod rls;
 pub mod rules;
 pub mod sidecar;

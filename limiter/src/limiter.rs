@@ -307,6 +307,12 @@ impl Limiter {
                     "descriptor {i} needs at least one entry, each with a key"
                 )));
             }
+            if let Some(hits) = d.hits.filter(|h| *h > u64::from(u32::MAX)) {
+                return Err(Error::InvalidArgument(format!(
+                    "descriptor {i}: hits_addend {hits} is more than any limit holds (at most {})",
+                    u32::MAX
+                )));
+            }
             // Each actual value may become a counter key in Redis: bound what a caller can make
             // the limiter store.
             if let Some((key, value)) = d

@@ -12,21 +12,22 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::net::TcpListener;
-use tower::service_fn;
+use tower::{ServiceExt, service_fn};
 
 use crate::{
     config::SidecarConfig,
-    layer::{PeerAddr, Policy, RateLimitLayer},
+    layer::{Identify, PeerAddr, Policy, RateLimitLayer},
     limiter::Limiter,
+    purchase::ReadAhead,
 };
 
-type Upstream = Client<HttpConnector, Incoming>;
+type Upstream = Client<HttpConnector, ReadAhead>;
 
 /// Forwards one call to the upstream.
 async fn forward(
     client: Upstream,
     upstream: (Option<http::uri::Scheme>, Option<http::uri::Authority>),
-    mut request: http::Request<Incoming>,
+    mut request: http::Request<ReadAhead>,
 ) -> Result<http::Response<tonic::body::Body>, Infallible> {
     let mut parts = request.uri().clone().into_parts();
     parts.scheme = upstream.0;
@@ -55,6 +56,7 @@ async fn forward(
 pub async fn serve(
     limiter: Limiter,
     config: SidecarConfig,
+    identify: Option<Identify>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -75,6 +77,8 @@ pub async fn serve(
             domain: config.domain.clone(),
             descriptors: config.descriptors.clone(),
             exempt: config.exempt.clone(),
+            xff_num_trusted_hops: config.xff_num_trusted_hops,
+            identify,
         },
     );
     let server = auto::Builder::new(TokioExecutor::new()).http2_only();
@@ -95,17 +99,23 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let client = client.clone();
         let upstream = upstream.clone();
-        // The peer goes into the request before the limit layer looks for it.
-        let service = tower::ServiceBuilder::new()
-            .map_request(move |mut request: http::Request<Incoming>| {
-                request.extensions_mut().insert(PeerAddr(peer));
-                request
-            })
+        let limited = tower::ServiceBuilder::new()
             .layer(flashsale_runtime::trace::ServerTraceLayer)
             .layer(layer.clone())
-            .service(service_fn(move |request: http::Request<Incoming>| {
+            .service(service_fn(move |request: http::Request<ReadAhead>| {
                 forward(client.clone(), upstream.clone(), request)
             }));
+        // The peer and a Purchase's sale go into the request before the limit layer looks.
+        let service = service_fn(move |mut request: http::Request<Incoming>| {
+            let limited = limited.clone();
+            async move {
+                request.extensions_mut().insert(PeerAddr(peer));
+                match crate::purchase::read_sale(request).await {
+                    Ok(request) => limited.oneshot(request).await,
+                    Err(status) => Ok(status.into_http()),
+                }
+            }
+        });
         let connection =
             server.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection.into_owned());

@@ -1,6 +1,7 @@
 //! Limiter tests against a real, throwaway redis-server, over gRPC where the face is gRPC.
 
 mod cluster;
+mod edge;
 mod redis_down;
 mod reload;
 mod rls;

@@ -10,8 +10,23 @@ use crate::world;
 
 const RULES: &str = "domain: flashsale\ndescriptors:\n  - key: ip\n    rate_limit: { unit: minute, requests_per_unit: 6 }\n";
 
+/// The sidecar over `w`'s limiter, as `config` says, on a port of its own (no token verifier).
+pub(crate) async fn proxy(w: &crate::World, config: SidecarConfig) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(flashsale_limiter::sidecar::serve(
+        w.limiter.clone(),
+        config,
+        None,
+        listener,
+        w.shutdown.wait(),
+        Duration::from_secs(1),
+    ));
+    addr
+}
+
 /// A service to stand behind the sidecar: health, which has a unary and a server-streaming call.
-async fn upstream() -> (std::net::SocketAddr, tonic_health::server::HealthReporter) {
+pub(crate) async fn upstream() -> (std::net::SocketAddr, tonic_health::server::HealthReporter) {
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("svc", tonic_health::ServingStatus::Serving)
@@ -47,15 +62,7 @@ async fn sidecar_forwards_unary_and_streams_and_refuses_over_limit_callers() {
         exempt: vec![],
         ..SidecarConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_addr = listener.local_addr().unwrap();
-    tokio::spawn(flashsale_limiter::sidecar::serve(
-        w.limiter.clone(),
-        config,
-        listener,
-        w.shutdown.wait(),
-        Duration::from_secs(1),
-    ));
+    let proxy_addr = proxy(&w, config).await;
 
     let mut direct = client(upstream_addr).await;
     let mut proxied = client(proxy_addr).await;

@@ -66,9 +66,15 @@ pub(crate) async fn run_sidecar(
             format!("http://{upstream}")
         };
     }
+    // The same verifier as the gateway's: a buyer's limit is charged only to a verified caller.
+    let verifier = flashsale_gateway::auth::Verifier::new(&config.gateway.auth)?;
+    let identify = flashsale_limiter::layer::Identify::new(move |header| {
+        verifier.verify(header).ok().map(|caller| caller.user_id)
+    });
     flashsale_limiter::sidecar::serve(
         limiter,
         sidecar,
+        Some(identify),
         listener,
         shutdown.wait(),
         config.server.shutdown_grace,

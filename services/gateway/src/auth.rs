@@ -19,14 +19,37 @@ pub struct Claims {
     /// Not before (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
-    /// Audience.
-    pub aud: String,
+    /// Audience: one, or several (RFC 7519 allows an array; Keycloak and Auth0 send one).
+    pub aud: Audience,
     /// Issuer.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub iss: String,
     /// Operator rights (SaleAdmin).
     #[serde(default)]
     pub admin: bool,
+}
+
+/// The `aud` claim: a string or an array of strings. The verifier accepts a token whose
+/// audiences include the configured one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "flashsale"`.
+    One(String),
+    /// `"aud": ["flashsale", "account"]`.
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(aud: &str) -> Self {
+        Self::One(aud.to_owned())
+    }
+}
+
+impl From<String> for Audience {
+    fn from(aud: String) -> Self {
+        Self::One(aud)
+    }
 }
 
 /// An authenticated caller.
@@ -102,6 +125,12 @@ impl Verifier {
             .ok_or(Error::Unauthenticated("no bearer token"))?
             .to_str()
             .map_err(|_| Error::Unauthenticated("authorization is not text"))?;
+        self.verify(header)
+    }
+
+    /// The caller an `authorization` header's value names, once its token verifies (the
+    /// sidecar charges a buyer's limit only to a caller verified so).
+    pub fn verify(&self, header: &str) -> Result<Caller, Error> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -176,7 +205,7 @@ impl Signer {
             sub: user.to_owned(),
             exp: now + ttl.as_secs(),
             nbf: Some(now.saturating_sub(1)),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().into(),
             iss: self.issuer.clone(),
             admin,
         })

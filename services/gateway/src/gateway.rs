@@ -147,6 +147,9 @@ fn channel(url: &str, timeout: Duration, tls: Option<&MeshTls>) -> Result<Traced
     Ok(TracedChannel::new(channel))
 }
 
+/// The metric label of purchases for sales this replica does not know.
+const UNKNOWN_SALE: &str = "unknown";
+
 impl Gateway {
     /// A gateway over its backends; clients connect lazily and reconnect as needed, over
     /// mutual TLS when `tls` is given.
@@ -373,12 +376,21 @@ impl Gateway {
         let sale_id = request.sale_id.clone();
         let started = Instant::now();
         let outcome = self.purchase_inner(caller, request).await;
-        self.count(&sale_id, &outcome);
         let label = match &outcome {
             Ok(_) => "accepted".to_owned(),
             Err(e) => e.reason_name().to_ascii_lowercase(),
         };
-        crate::metrics::purchase(&sale_id, &label, started.elapsed().as_secs_f64());
+        // Only a sale this replica knows gets counters and a metric label of its own: a made-up
+        // sale id must cost nothing that lasts.
+        let known =
+            self.inner.sales.contains_key(&sale_id) || self.inner.sold_out.is_sold_out(&sale_id);
+        let sale_label = if known {
+            self.count(&sale_id, &outcome);
+            sale_id.as_str()
+        } else {
+            UNKNOWN_SALE
+        };
+        crate::metrics::purchase(sale_label, &label, started.elapsed().as_secs_f64());
         outcome
     }
 

@@ -7,6 +7,7 @@ mod config;
 mod deploy;
 
 mod e2e;
+mod edge;
 mod findings;
 mod mesh;
 mod migrate;

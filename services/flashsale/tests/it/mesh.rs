@@ -41,6 +41,8 @@ pub(crate) struct Extra {
     /// Put a fault proxy on every hop to Redis, NATS (one server), Postgres and the inventory's
     /// gRPC port, so a test can fault one hop while both ends run.
     pub(crate) proxies: bool,
+    /// The sidecar's limit rules instead of the generous default.
+    pub(crate) rules: Option<&'static str>,
 }
 
 /// The fault proxies on the mesh's hops (see [`Extra::proxies`]).
@@ -213,7 +215,7 @@ impl Mesh {
         };
         let dir = tempfile::tempdir().unwrap();
         let rules = dir.path().join("limits.yaml");
-        std::fs::write(&rules, RULES).unwrap();
+        std::fs::write(&rules, extra.rules.unwrap_or(RULES)).unwrap();
         let config = dir.path().join("mesh.toml");
         std::fs::write(
             &config,

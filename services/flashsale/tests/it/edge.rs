@@ -1,0 +1,224 @@
+//! The edge under attack, on the real mesh: requests a caller shapes to cost others or the
+//! platform something. Each test failed on the code before its fix.
+
+use std::time::Duration;
+
+use flashsale_proto::v1::{self as pb, flash_sale_client::FlashSaleClient};
+
+use crate::{
+    e2e::authorized,
+    mesh::{Extra, Mesh},
+    observability::{scrape, sum},
+};
+
+/// Finding 7: every `Purchase` for a made-up sale id added a counter and a metric label set at
+/// the gateway, so a caller could grow its memory and the metrics without bound. Made-up ids
+/// are answered SALE_NOT_FOUND and counted under one label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_07_made_up_sale_ids_cost_nothing_that_lasts() {
+    let mesh = Mesh::start_with(
+        "attack 7",
+        Extra {
+            metrics: true,
+            ..Extra::default()
+        },
+    )
+    .await;
+    let token = mesh
+        .signer()
+        .token("mallory", false, Duration::from_secs(600));
+    let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.gateway).await);
+    for i in 0..50 {
+        let refused = client
+            .purchase(authorized(
+                pb::PurchaseRequest {
+                    sale_id: format!("ghost-{i}"),
+                    quantity: 1,
+                    idempotency_key: format!("k{i}"),
+                    purchase_token: String::new(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    }
+    let port = mesh
+        .metrics_ports
+        .iter()
+        .find(|(name, _)| *name == "gateway")
+        .unwrap()
+        .1;
+    let metrics = scrape(port).await;
+    assert!(
+        !metrics.contains("ghost-"),
+        "made-up sale ids became metric labels:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("ghost-"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        sum(&metrics, "flashsale_purchases_total", &["sale=\"unknown\""]),
+        50.0,
+        "counted under one label"
+    );
+}
+
+/// Finding 3: the sidecar charged the per-user limit to the unverified `sub` of any token, so
+/// strangers with forged tokens naming a victim spent the victim's budget before the gateway
+/// refused them. Twenty calls with tokens signed by a wrong key and naming the victim, then the
+/// victim's five genuine calls: all five must get through the sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_03_forged_tokens_spend_nothing_of_their_victim() {
+    let mesh = Mesh::start_with(
+        "attack 3",
+        Extra {
+            rules: Some(
+                "domain: flashsale
+descriptors:
+  - key: method
+    value: /flashsale.v1.FlashSale/Purchase
+    descriptors:
+      - key: user
+        rate_limit: { unit: hour, requests_per_unit: 5 }
+",
+            ),
+            ..Extra::default()
+        },
+    )
+    .await;
+    let sale = crate::e2e::create_sale(&mesh, 100, 10, 600_000).await;
+    let forger = flashsale_gateway::auth::Signer::new(&flashsale_gateway::config::AuthConfig {
+        secret: "not-the-mesh-secret-0123456789abcdef".to_owned().into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.sidecar).await);
+    let purchase = |token: String, i: usize| {
+        authorized(
+            pb::PurchaseRequest {
+                sale_id: sale.sale_id.clone(),
+                quantity: 1,
+                idempotency_key: format!("k{i}"),
+                purchase_token: String::new(),
+            },
+            &token,
+        )
+    };
+    for i in 0..20 {
+        let forged = forger.token("victim", false, Duration::from_secs(600));
+        let refused = client.purchase(purchase(forged, i)).await.unwrap_err();
+        assert_ne!(refused.code(), tonic::Code::Ok);
+    }
+    for i in 0..5 {
+        let genuine = mesh
+            .signer()
+            .token("victim", false, Duration::from_secs(600));
+        let answer = client.purchase(purchase(genuine, 100 + i)).await;
+        assert!(
+            answer.is_ok(),
+            "the victim's genuine call {i} was refused: {answer:?}"
+        );
+    }
+}
+
+/// Finding 8, its first half: a token whose `aud` is an array (as RFC 7519 allows, and as
+/// Keycloak and Auth0 issue them) was refused. One naming the mesh's audience among others buys;
+/// one naming only others is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_08_a_token_with_an_audience_array_is_accepted() {
+    let mesh = Mesh::start("attack 8").await;
+    let sale = crate::e2e::create_sale(&mesh, 10, 1, 600_000).await;
+    let key = jsonwebtoken::EncodingKey::from_secret(crate::mesh::SECRET.as_bytes());
+    let token = |user: &str, aud: &[&str]| {
+        #[derive(serde::Serialize)]
+        struct Claims<'a> {
+            sub: &'a str,
+            exp: u64,
+            aud: &'a [&'a str],
+        }
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let claims = Claims {
+            sub: user,
+            exp,
+            aud,
+        };
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.gateway).await);
+    let purchase = |token: &str| {
+        authorized(
+            pb::PurchaseRequest {
+                sale_id: sale.sale_id.clone(),
+                quantity: 1,
+                idempotency_key: "k".into(),
+                purchase_token: String::new(),
+            },
+            token,
+        )
+    };
+    let accepted = client
+        .purchase(purchase(&token("alice", &["account", "flashsale"])))
+        .await;
+    assert!(accepted.is_ok(), "{accepted:?}");
+    let refused = client
+        .purchase(purchase(&token("bob", &["account", "billing"])))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+}
+
+/// Finding 2: the per-sale limit came from a `flashsale-sale-id` header the buyer writes, so
+/// leaving it out (or naming another sale in it) dropped the sale's limit. The sidecar now reads
+/// the sale from the Purchase's own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_02_the_sale_limit_holds_whatever_the_headers_say() {
+    let mesh = Mesh::start_with(
+        "attack 2",
+        Extra {
+            rules: Some(
+                "domain: flashsale
+descriptors:
+  - key: sale
+    rate_limit: { unit: hour, requests_per_unit: 3 }
+",
+            ),
+            ..Extra::default()
+        },
+    )
+    .await;
+    let sale = crate::e2e::create_sale(&mesh, 100, 1, 600_000).await;
+    let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.sidecar).await);
+    let mut through = 0;
+    for i in 0..10 {
+        let token = mesh
+            .signer()
+            .token(&format!("buyer-{i}"), false, Duration::from_secs(600));
+        let mut call = authorized(
+            pb::PurchaseRequest {
+                sale_id: sale.sale_id.clone(),
+                quantity: 1,
+                idempotency_key: "k".into(),
+                purchase_token: String::new(),
+            },
+            &token,
+        );
+        // Half the calls name no sale in the header, half another one.
+        if i % 2 == 1 {
+            call.metadata_mut()
+                .insert("flashsale-sale-id", "another-sale".parse().unwrap());
+        }
+        match client.purchase(call).await {
+            Ok(_) => through += 1,
+            Err(status) => assert_eq!(
+                flashsale_runtime::status::reason_of(&status).as_deref(),
+                Some("RATE_LIMITED"),
+                "{status:?}"
+            ),
+        }
+    }
+    assert_eq!(through, 3, "the sale's limit of 3 an hour holds");
+}
