@@ -118,8 +118,9 @@ fn first_message_len(head: &[u8]) -> Option<usize> {
     Some(5 + u32::from_be_bytes(prefix) as usize)
 }
 
-/// Field 1 of the `PurchaseRequest` in the first message.
-fn sale_of(head: &[u8]) -> Result<String, tonic::Status> {
+/// Field 1 of the `PurchaseRequest` in the first gRPC message of `head` (its 5-byte prefix
+/// included): the sale a Purchase buys from, or why it cannot be read.
+pub fn sale_of(head: &[u8]) -> Result<String, tonic::Status> {
     let len = first_message_len(head)
         .filter(|n| head.len() >= *n)
         .ok_or_else(|| invalid("the call ended before its request message".into()))?;
