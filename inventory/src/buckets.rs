@@ -133,6 +133,12 @@ pub(crate) fn batch_size(stock: u64, buckets: u32) -> u64 {
     (stock / (16 * u64::from(buckets.max(1)))).clamp(1, 100)
 }
 
+/// Every slot of a bucketed sale: the control record (the sale id itself), then each bucket.
+pub(crate) fn slot_tags(sale_id: &str, buckets: u32) -> impl Iterator<Item = String> + '_ {
+    std::iter::once(sale_id.to_owned())
+        .chain((0..buckets).map(move |k| bucket_tag(sale_id, k, buckets)))
+}
+
 /// The keys of one slot's transfer journal and applied set.
 pub(crate) fn journal_key(tag: &str) -> String {
     format!("fs:{{{tag}}}:out")

@@ -685,8 +685,7 @@ impl Inventory {
             return Ok(0);
         }
         let mut moved = 0;
-        let tags = std::iter::once(sale_id.to_owned())
-            .chain((0..layout.buckets).map(|k| buckets::bucket_tag(sale_id, k, layout.buckets)));
+        let tags = buckets::slot_tags(sale_id, layout.buckets);
         for tag in tags {
             let entries: HashMap<String, String> = self
                 .command(self.inner.redis.hgetall(buckets::journal_key(&tag)))
@@ -1144,8 +1143,7 @@ impl Inventory {
             let tag = buckets::bucket_tag(&spec.sale_id, k as u32, n);
             given += self.finish_rebuild(spec, &tag, args).await?.0.total;
         }
-        let tags = std::iter::once(spec.sale_id.clone())
-            .chain((0..n).map(|k| buckets::bucket_tag(&spec.sale_id, k, n)));
+        let tags = buckets::slot_tags(&spec.sale_id, n);
         for tag in tags {
             self.command(self.inner.redis.del::<i64, _>(buckets::journal_key(&tag)))
                 .await?;
@@ -1175,8 +1173,7 @@ impl Inventory {
     /// units counted afresh by the rebuild) credits nothing after it.
     async fn new_generation(&self, sale_id: &str, buckets: u32) -> Result<(), Error> {
         let generation = uuid::Uuid::now_v7().to_string();
-        let tags = std::iter::once(sale_id.to_owned())
-            .chain((0..buckets).map(|k| buckets::bucket_tag(sale_id, k, buckets)));
+        let tags = buckets::slot_tags(sale_id, buckets);
         for tag in tags {
             self.command(
                 self.inner
@@ -1277,8 +1274,7 @@ impl Inventory {
             sold: 0,
         };
         let mut levels = Vec::with_capacity(layout.buckets as usize);
-        let tags = std::iter::once(sale_id.to_owned())
-            .chain((0..layout.buckets).map(|k| buckets::bucket_tag(sale_id, k, layout.buckets)));
+        let tags = buckets::slot_tags(sale_id, layout.buckets);
         for (i, tag) in tags.enumerate() {
             if i > 0 {
                 let level = self.slot_stock(sale_id, &tag).await?;
