@@ -7,16 +7,22 @@
 //! as far as there are free **active** slots (at most `cap` admitted buyers who have not bought
 //! yet; a slot frees when its buyer buys or their admission `window` passes). A buyer asks
 //! where they are: waiting (position and an estimated wait), admitted (with a **purchase
-//! token**: signed, bound to user, sale and expiry, good for one purchase), or sold out — once
-//! the sale is sold out every queued buyer hears it on their next question.
+//! token**: signed, bound to user, sale and the admission's deadline, good for one purchase),
+//! or sold out — once the sale is sold out every queued buyer hears it on their next question.
+//! Asking again while admitted gives the same deadline, never a later one; once it passes
+//! unused the slot is someone else's, the token buys nothing, and the buyer may join again at
+//! the back of the line.
 //!
 //! A ticket or token that was changed, signed with another key, is of another kind, another
 //! user or another sale, or has expired is refused before Redis is asked; a purchase token
 //! works once (Redis remembers spent arrival numbers), and a spent ticket cannot be admitted
 //! again.
 //!
-//! One Lua script (`lua/room.lua`) keeps each sale's room in one hash slot `{wr:<sale>}`; the
-//! caller's clock drives admission (it only ever moves forward).
+//! One Lua script (`lua/room.lua`) keeps each sale's room in one hash slot `{wr:<sale>}` and
+//! keeps Redis's clock (`TIME`): admission, deadlines and the tickets' expiries are the same
+//! whichever gateway asks, whatever its own clock says. A gateway's clock only checks a
+//! ticket's or token's expiry before Redis is asked, so a fast clock can refuse a token early
+//! but no clock can make one buy late: Redis refuses a purchase after the deadline.
 
 use std::time::Duration;
 
@@ -147,6 +153,10 @@ pub enum RoomError {
     /// Not admitted yet.
     #[error("not admitted yet")]
     NotAdmitted,
+    /// Admitted, but the admission window passed without a purchase: the slot went to the next
+    /// buyer in line.
+    #[error("the admission window passed without a purchase; join the queue again")]
+    Lapsed,
     /// The sale sold out.
     #[error("sold out")]
     SoldOut,
@@ -226,7 +236,7 @@ impl WaitingRoom {
         })
     }
 
-    /// Runs the room script and parses its reply: (status, number, admitted, rate).
+    /// Runs the room script and parses its reply.
     async fn call(&self, sale_id: &str, args: Vec<Value>) -> Result<Reply, RoomError> {
         let client = self.redis.next();
         let call = self
@@ -238,7 +248,7 @@ impl WaitingRoom {
                 self.timeout
             ))),
             Ok(Err(e)) => Err(RoomError::Redis(e.to_string())),
-            Ok(Ok(Value::Array(items))) => parse(sale_id, &items),
+            Ok(Ok(Value::Array(items))) => Reply::parse(sale_id, &items),
             Ok(Ok(other)) => Err(RoomError::Redis(format!("unexpected answer {other:?}"))),
         }
     }
@@ -250,7 +260,6 @@ impl WaitingRoom {
             sale_id,
             vec![
                 "OPEN".into(),
-                0.into(),
                 settings.rate_per_second.to_string().into(),
                 i64::from(settings.active_cap).into(),
                 (settings.admission_window.as_millis() as i64).into(),
@@ -261,125 +270,82 @@ impl WaitingRoom {
         .map(drop)
     }
 
-    /// Joins `user` to the sale's queue (again: the same arrival number) and signs a ticket
-    /// valid for `ticket_ttl`.
+    /// Joins `user` to the sale's queue and signs a ticket valid for `ticket_ttl` (by Redis's
+    /// clock). Joining again keeps the place, unless an admission passed unused: then the
+    /// buyer takes the next place at the back.
     pub async fn join(
         &self,
         sale_id: &str,
         user: &str,
         ticket_ttl: Duration,
-        admission_window: Duration,
-        now_ms: i64,
     ) -> Result<Ticket, RoomError> {
-        let reply = self
-            .call(sale_id, vec!["JOIN".into(), now_ms.into(), user.into()])
-            .await?;
-        let (status, number, admitted, rate) = reply;
-        if status == "SOLD_OUT" {
+        let reply = self.call(sale_id, vec!["JOIN".into(), user.into()]).await?;
+        if reply.status == "SOLD_OUT" {
             return Err(RoomError::SoldOut);
         }
         let ticket = self.sign(&Claims {
             k: "t".into(),
             s: sale_id.into(),
             u: user.into(),
-            n: number,
-            e: now_ms + ticket_ttl.as_millis() as i64,
+            n: reply.number,
+            e: reply.now_ms + ticket_ttl.as_millis() as i64,
         });
-        let standing = self.standing(
-            sale_id,
-            user,
-            number,
-            admitted,
-            rate,
-            admission_window,
-            now_ms,
-        );
         Ok(Ticket {
             ticket,
-            number,
-            standing,
+            number: reply.number,
+            standing: self.standing(sale_id, user, &reply)?,
         })
     }
 
     /// Where the holder of `ticket` stands. Refused when the ticket is not `user`'s for
-    /// `sale_id`, is forged or expired, or its purchase token was spent.
+    /// `sale_id`, is forged or expired (by `now_ms`, the caller's clock), its purchase token was
+    /// spent, or its admission passed unused.
     pub async fn status(
         &self,
         sale_id: &str,
         user: &str,
         ticket: &str,
-        admission_window: Duration,
         now_ms: i64,
     ) -> Result<Standing, RoomError> {
         let claims = self.verify("t", "ticket", ticket, sale_id, user, now_ms)?;
-        let reply = self
-            .call(
-                sale_id,
-                vec![
-                    "STATUS".into(),
-                    now_ms.into(),
-                    user.into(),
-                    (claims.n as i64).into(),
-                ],
-            )
-            .await?;
-        let (status, number, admitted, rate) = reply;
-        match status.as_str() {
-            "NOT_YOURS" => Err(RoomError::Refused {
-                kind: "ticket",
-                reason: "it is not this buyer's place in the queue",
-            }),
-            "USED" => Err(RoomError::Used),
-            "SOLD_OUT" => Ok(Standing::SoldOut),
-            _ => Ok(self.standing(
-                sale_id,
-                user,
-                number,
-                admitted,
-                rate,
-                admission_window,
-                now_ms,
-            )),
-        }
+        let args = vec!["STATUS".into(), user.into(), (claims.n as i64).into()];
+        let reply = self.call(sale_id, args).await?;
+        self.standing(sale_id, user, &reply)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn standing(
-        &self,
-        sale_id: &str,
-        user: &str,
-        number: u64,
-        admitted: u64,
-        rate: f64,
-        admission_window: Duration,
-        now_ms: i64,
-    ) -> Standing {
-        if number <= admitted {
-            let expires_at_ms = now_ms + admission_window.as_millis() as i64;
-            return Standing::Admitted {
+    /// A STATUS or JOIN reply as the buyer hears it; an admitted buyer's token expires at the
+    /// admission's deadline in Redis, however often they ask.
+    fn standing(&self, sale_id: &str, user: &str, reply: &Reply) -> Result<Standing, RoomError> {
+        match reply.status.as_str() {
+            "ADMITTED" => Ok(Standing::Admitted {
                 purchase_token: self.sign(&Claims {
                     k: "p".into(),
                     s: sale_id.into(),
                     u: user.into(),
-                    n: number,
-                    e: expires_at_ms,
+                    n: reply.number,
+                    e: reply.deadline_ms,
                 }),
-                expires_at_ms,
-            };
+                expires_at_ms: reply.deadline_ms,
+            }),
+            "WAITING" => {
+                let view = RoomView {
+                    admitted: reply.admitted,
+                    rate: reply.rate,
+                    sold_out: false,
+                };
+                let (position, eta) = view.waiting(reply.number).unwrap_or_default();
+                Ok(Standing::Waiting { position, eta })
+            }
+            "SOLD_OUT" => Ok(Standing::SoldOut),
+            other => Err(reply.refusal(other)),
         }
-        let view = RoomView {
-            admitted,
-            rate,
-            sold_out: false,
-        };
-        let (position, eta) = view.waiting(number).unwrap_or_default();
-        Standing::Waiting { position, eta }
     }
 
-    /// Spends a purchase token: `user`'s, for `sale_id`, unexpired, signed by this room, and
-    /// never spent before — except by a retry of the same purchase (the same non-empty
-    /// `idempotency_key`), which the inventory then answers with the original reservation.
-    /// Returns the arrival number it was issued for.
+    /// Spends a purchase token: `user`'s, for `sale_id`, signed by this room, its admission
+    /// still open by Redis's clock (and unexpired by `now_ms`, the caller's), and never spent
+    /// before — except by a retry of the same purchase (the same non-empty `idempotency_key`),
+    /// which the inventory then answers with the original reservation. Returns the arrival
+    /// number it was issued for.
     pub async fn redeem(
         &self,
         sale_id: &str,
@@ -389,49 +355,33 @@ impl WaitingRoom {
         now_ms: i64,
     ) -> Result<u64, RoomError> {
         let claims = self.verify("p", "purchase token", token, sale_id, user, now_ms)?;
-        let reply = self
-            .call(
-                sale_id,
-                vec![
-                    "REDEEM".into(),
-                    now_ms.into(),
-                    user.into(),
-                    (claims.n as i64).into(),
-                    idempotency_key.into(),
-                ],
-            )
-            .await?;
-        let (status, number, _, _) = reply;
-        match status.as_str() {
-            "REDEEMED" => Ok(number),
-            "USED" => Err(RoomError::Used),
-            "WAITING" => Err(RoomError::NotAdmitted),
-            "SOLD_OUT" => Err(RoomError::SoldOut),
-            _ => Err(RoomError::Refused {
-                kind: "purchase token",
-                reason: "it is not this buyer's place in the queue",
-            }),
+        let args = vec![
+            "REDEEM".into(),
+            user.into(),
+            (claims.n as i64).into(),
+            idempotency_key.into(),
+        ];
+        let reply = self.call(sale_id, args).await?;
+        match reply.status.as_str() {
+            "REDEEMED" => Ok(reply.number),
+            other => Err(reply.refusal(other)),
         }
     }
 
     /// Units came back after a sell-out (holds that expired, orders not paid): admission
     /// resumes where it stopped, so buyers still in line are admitted again.
-    pub async fn restock(&self, sale_id: &str, now_ms: i64) -> Result<(), RoomError> {
-        self.call(sale_id, vec!["RESTOCK".into(), now_ms.into()])
-            .await
-            .map(drop)
+    pub async fn restock(&self, sale_id: &str) -> Result<(), RoomError> {
+        self.call(sale_id, vec!["RESTOCK".into()]).await.map(drop)
     }
 
     /// Runs admission and reads the room as a whole: how far it has admitted, at what rate, and
     /// whether it sold out. What a gateway asks once per tick for every buyer watching.
-    pub async fn tick(&self, sale_id: &str, now_ms: i64) -> Result<RoomView, RoomError> {
-        let (status, _, admitted, rate) = self
-            .call(sale_id, vec!["TICK".into(), now_ms.into()])
-            .await?;
+    pub async fn tick(&self, sale_id: &str) -> Result<RoomView, RoomError> {
+        let reply = self.call(sale_id, vec!["TICK".into()]).await?;
         Ok(RoomView {
-            admitted,
-            rate,
-            sold_out: status == "SOLD_OUT",
+            admitted: reply.admitted,
+            rate: reply.rate,
+            sold_out: reply.status == "SOLD_OUT",
         })
     }
 
@@ -449,10 +399,8 @@ impl WaitingRoom {
     }
 
     /// The sale sold out: every queued buyer hears it from now on, and nobody more is admitted.
-    pub async fn sold_out(&self, sale_id: &str, now_ms: i64) -> Result<(), RoomError> {
-        self.call(sale_id, vec!["SOLDOUT".into(), now_ms.into()])
-            .await
-            .map(drop)
+    pub async fn sold_out(&self, sale_id: &str) -> Result<(), RoomError> {
+        self.call(sale_id, vec!["SOLDOUT".into()]).await.map(drop)
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -511,25 +459,56 @@ impl WaitingRoom {
     }
 }
 
-/// A room script's reply: status, arrival number, admitted watermark, admission rate.
-type Reply = (String, u64, u64, f64);
+/// A room script's reply.
+#[derive(Debug)]
+struct Reply {
+    status: String,
+    /// The buyer's arrival number (0 when the call is not a buyer's).
+    number: u64,
+    /// The admitted watermark.
+    admitted: u64,
+    /// Admissions per second.
+    rate: f64,
+    /// When an admitted buyer's window closes (Unix ms, Redis's clock).
+    deadline_ms: i64,
+    /// Redis's clock when the script ran (Unix ms).
+    now_ms: i64,
+}
 
-fn parse(sale_id: &str, reply: &[Value]) -> Result<Reply, RoomError> {
-    let text = |i: usize| reply.get(i).and_then(Value::as_string);
-    let int = |i: usize| {
-        reply
-            .get(i)
-            .and_then(Value::as_i64)
-            .and_then(|v| u64::try_from(v).ok())
-    };
-    let status = text(0).ok_or_else(|| RoomError::Redis(format!("unexpected answer {reply:?}")))?;
-    if status == "NO_ROOM" {
-        return Err(RoomError::NoRoom(sale_id.to_owned()));
+impl Reply {
+    fn parse(sale_id: &str, reply: &[Value]) -> Result<Self, RoomError> {
+        let text = |i: usize| reply.get(i).and_then(Value::as_string);
+        let int = |i: usize| reply.get(i).and_then(Value::as_i64);
+        let unexpected = || RoomError::Redis(format!("unexpected answer {reply:?}"));
+        let status = text(0).ok_or_else(unexpected)?;
+        if status == "NO_ROOM" {
+            return Err(RoomError::NoRoom(sale_id.to_owned()));
+        }
+        let count = |i: usize| int(i).and_then(|v| u64::try_from(v).ok());
+        Ok(Self {
+            status,
+            number: count(1).ok_or_else(unexpected)?,
+            admitted: count(2).ok_or_else(unexpected)?,
+            rate: text(3)
+                .and_then(|r| r.parse().ok())
+                .ok_or_else(unexpected)?,
+            deadline_ms: int(4).ok_or_else(unexpected)?,
+            now_ms: int(5).ok_or_else(unexpected)?,
+        })
     }
-    Ok((
-        status,
-        int(1).unwrap_or(0),
-        int(2).unwrap_or(0),
-        text(3).and_then(|r| r.parse().ok()).unwrap_or(1.0),
-    ))
+
+    /// Why a buyer's call was refused, from a status other than the one it hoped for.
+    fn refusal(&self, status: &str) -> RoomError {
+        match status {
+            "USED" => RoomError::Used,
+            "WAITING" => RoomError::NotAdmitted,
+            "LAPSED" => RoomError::Lapsed,
+            "SOLD_OUT" => RoomError::SoldOut,
+            "NOT_YOURS" => RoomError::Refused {
+                kind: "ticket",
+                reason: "it is not this buyer's place in the queue",
+            },
+            _ => RoomError::Redis(format!("unexpected answer {self:?}")),
+        }
+    }
 }

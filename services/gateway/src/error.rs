@@ -162,7 +162,7 @@ impl IntoStatus for Error {
                 match e {
                     R::Invalid(_) => Code::InvalidArgument,
                     R::Refused { .. } => Code::PermissionDenied,
-                    R::Used | R::NotAdmitted | R::NoRoom(_) => Code::FailedPrecondition,
+                    R::Used | R::NotAdmitted | R::Lapsed | R::NoRoom(_) => Code::FailedPrecondition,
                     R::SoldOut => Code::ResourceExhausted,
                     R::Redis(_) => Code::Unavailable,
                 }
@@ -204,6 +204,7 @@ impl IntoStatus for Error {
                     R::Refused { .. } => "QUEUE_TOKEN_REFUSED",
                     R::Used => "PURCHASE_TOKEN_USED",
                     R::NotAdmitted => "NOT_ADMITTED",
+                    R::Lapsed => "ADMISSION_LAPSED",
                     R::NoRoom(_) => "NO_WAITING_ROOM",
                     R::SoldOut => "SOLD_OUT",
                     R::Redis(_) => "REDIS_UNAVAILABLE",

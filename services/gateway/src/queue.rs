@@ -48,9 +48,7 @@ impl Gateway {
             return;
         }
         if let Some(room) = &self.inner.room
-            && let Err(e) = room
-                .sold_out(&sale.sale_id, flashsale_proto::time::now_ms())
-                .await
+            && let Err(e) = room.sold_out(&sale.sale_id).await
         {
             tracing::warn!(sale_id = %sale.sale_id, error = %e, "waiting room not told of the sell-out");
         }
@@ -101,13 +99,7 @@ impl Gateway {
         }
         let ticket = self
             .room(sale_id)?
-            .join(
-                sale_id,
-                &caller.user_id,
-                settings.ticket_ttl,
-                settings.admission_window,
-                flashsale_proto::time::now_ms(),
-            )
+            .join(sale_id, &caller.user_id, settings.ticket_ttl)
             .await?;
         Ok(counted(
             sale_id,
@@ -126,8 +118,9 @@ impl Gateway {
             return Err(Error::invalid("ticket", "must be 1..=4096 bytes"));
         }
         let sale = self.sale(&request.sale_id).await?;
-        let settings =
-            room_settings(&sale).ok_or_else(|| Error::NoWaitingRoom(request.sale_id.clone()))?;
+        if room_settings(&sale).is_none() {
+            return Err(Error::NoWaitingRoom(request.sale_id.clone()));
+        }
         ended(&sale)?;
         let room = self.room(&request.sale_id)?;
         let status = || {
@@ -135,7 +128,6 @@ impl Gateway {
                 &request.sale_id,
                 &caller.user_id,
                 &request.ticket,
-                settings.admission_window,
                 flashsale_proto::time::now_ms(),
             )
         };
@@ -197,10 +189,7 @@ impl Gateway {
         let Some(room) = &self.inner.room else {
             return false;
         };
-        match room
-            .restock(&sale.sale_id, flashsale_proto::time::now_ms())
-            .await
-        {
+        match room.restock(&sale.sale_id).await {
             Ok(()) => {
                 tracing::info!(sale_id = %sale.sale_id, available = stock.available, "units came back: the waiting room admits again");
                 true
@@ -376,7 +365,7 @@ impl Gateway {
             if let Some(sale) = &sale {
                 reading.ended = ended(sale).is_err();
             }
-            match room.tick(&sale_id, flashsale_proto::time::now_ms()).await {
+            match room.tick(&sale_id).await {
                 Ok(view) => {
                     reading.view = Some(view);
                     reading.failing_since = None;
