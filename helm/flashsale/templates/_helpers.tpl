@@ -82,7 +82,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "flashsale.usesPublicKey" -}}
-{{- if ne .Values.auth.algorithm "HS256" }}true{{ end }}
+{{- if and (ne .Values.auth.algorithm "HS256") (not .Values.auth.jwksUrl) }}true{{ end }}
+{{- end }}
+
+{{/* Tokens are verified with the HS256 shared secret. */}}
+{{- define "flashsale.usesSecret" -}}
+{{- if eq .Values.auth.algorithm "HS256" }}true{{ end }}
 {{- end }}
 
 {{/* Fixed ports: the configuration the chart writes listens on these. */}}
@@ -128,6 +133,10 @@ typed configuration refuses for integer keys: turn them back into integers, in p
 {{- $auth := dict "algorithm" .Values.auth.algorithm "audience" .Values.auth.audience "issuer" .Values.auth.issuer }}
 {{- if include "flashsale.usesPublicKey" . }}
 {{- $_ := set $auth "public_key_file" "/etc/flashsale/jwt/public.pem" }}
+{{- $_ := set $auth "secret" "" }}
+{{- else if not (include "flashsale.usesSecret" .) }}
+{{- $_ := set $auth "jwks" .Values.auth.jwksUrl }}
+{{- $_ := set $auth "jwks_refresh" .Values.auth.jwksRefresh }}
 {{- $_ := set $auth "secret" "" }}
 {{- end }}
 {{- $wiring := dict
@@ -233,7 +242,7 @@ The secrets one container reads, each mounted as a file named by the key it sets
       - key: {{ include "flashsale.natsAuthKey" $root }}
         path: nats.auth
       {{- end }}
-      {{- if and (has "jwt" .need) (not (include "flashsale.usesPublicKey" $root)) }}
+      {{- if and (has "jwt" .need) (include "flashsale.usesSecret" $root) }}
       - key: {{ $keys.jwtSecret }}
         path: gateway.auth.secret
       {{- end }}

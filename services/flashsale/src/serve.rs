@@ -67,7 +67,7 @@ pub(crate) async fn run_sidecar(
         };
     }
     // The same verifier as the gateway's: a buyer's limit is charged only to a verified caller.
-    let verifier = flashsale_gateway::auth::Verifier::new(&config.gateway.auth)?;
+    let verifier = flashsale_gateway::auth::Verifier::load(&config.gateway.auth, shutdown).await?;
     let identify = flashsale_limiter::layer::Identify::new(move |header| {
         verifier.verify(header).ok().map(|caller| caller.user_id)
     });
@@ -173,7 +173,7 @@ pub(crate) async fn migrate(config: MeshConfig) -> Result<()> {
 
 async fn gateway(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer> {
     use flashsale_gateway::{Backends, Gateway, auth::Verifier};
-    let verifier = Verifier::new(&config.gateway.auth)?;
+    let verifier = Verifier::load(&config.gateway.auth, shutdown).await?;
     let nats = flashsale_runtime::nats::connect(&config.nats, "gateway")
         .await
         .context("connecting to NATS")?;

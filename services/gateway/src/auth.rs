@@ -1,13 +1,16 @@
 //! Who is calling: a bearer JWT in the `authorization` metadata, verified against the
-//! configured key, with `exp`, `nbf` and `aud` (and `iss` when configured) checked. The buyer's
-//! identity is the token's `sub`, never a request field; operators carry `admin: true`.
+//! configured key (a shared secret, a PEM public key, or the identity provider's key set, see
+//! [`crate::jwks`]), with `exp`, `nbf` and `aud` (and `iss` when configured) checked. The
+//! buyer's identity is the token's `sub`, never a request field; operators carry `admin: true`.
+
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 
-use crate::{Error, config::AuthConfig};
+use crate::{Error, config::AuthConfig, jwks::Jwks};
 
 /// The claims this gateway reads.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,8 +67,17 @@ pub struct Caller {
 /// Verifies bearer tokens.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
+}
+
+/// What a token's signature is checked with.
+#[derive(Clone)]
+enum Keys {
+    /// The HS256 secret or the PEM public key.
+    One(DecodingKey),
+    /// The identity provider's key set, a token's key named by its `kid`.
+    Set(Arc<Jwks>),
 }
 
 impl std::fmt::Debug for Verifier {
@@ -87,25 +99,34 @@ fn algorithm(name: &str) -> Result<Algorithm, Error> {
     }
 }
 
+/// The RS256/ES256 public key of `public_key_file`.
+fn pem_key(config: &AuthConfig, alg: Algorithm) -> Result<DecodingKey, Error> {
+    let path = config
+        .public_key_file
+        .as_ref()
+        .ok_or_else(|| Error::Config("no public key file".into()))?;
+    let pem = std::fs::read(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    match alg {
+        Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
+        _ => DecodingKey::from_ec_pem(&pem),
+    }
+    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
 impl Verifier {
-    /// A verifier for the configured algorithm and key.
-    pub fn new(config: &AuthConfig) -> Result<Self, Error> {
+    /// A verifier for the configured algorithm and key; with `jwks`, the key set is read now
+    /// (no key, no start) and again every `jwks_refresh` until `shutdown`.
+    pub async fn load(
+        config: &AuthConfig,
+        shutdown: &flashsale_runtime::Shutdown,
+    ) -> Result<Self, Error> {
         let alg = algorithm(&config.algorithm)?;
-        let key = match alg {
-            Algorithm::HS256 => DecodingKey::from_secret(config.secret.expose_secret().as_bytes()),
-            _ => {
-                let path = config
-                    .public_key_file
-                    .as_ref()
-                    .ok_or_else(|| Error::Config("no public key file".into()))?;
-                let pem = std::fs::read(path)
-                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-                match alg {
-                    Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
-                    _ => DecodingKey::from_ec_pem(&pem),
-                }
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
-            }
+        let keys = match alg {
+            Algorithm::HS256 => Keys::One(DecodingKey::from_secret(
+                config.secret.expose_secret().as_bytes(),
+            )),
+            _ if !config.jwks.is_empty() => Keys::Set(Jwks::load(config, alg, shutdown).await?),
+            _ => Keys::One(pem_key(config, alg)?),
         };
         let mut validation = Validation::new(alg);
         validation.set_audience(&[config.audience.as_str()]);
@@ -115,7 +136,7 @@ impl Verifier {
         if !config.issuer.is_empty() {
             validation.set_issuer(&[config.issuer.as_str()]);
         }
-        Ok(Self { key, validation })
+        Ok(Self { keys, validation })
     }
 
     /// The caller of a request, from its `authorization: Bearer <jwt>` metadata.
@@ -137,19 +158,34 @@ impl Verifier {
             .ok_or(Error::Unauthenticated(
                 "authorization is not a bearer token",
             ))?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                Error::Unauthenticated(match e.kind() {
-                    ErrorKind::ExpiredSignature => "token expired",
-                    ErrorKind::ImmatureSignature => "token not valid yet",
-                    ErrorKind::InvalidAudience => "token is for another audience",
-                    ErrorKind::InvalidIssuer => "token from another issuer",
-                    ErrorKind::InvalidSignature => "token signature does not verify",
-                    ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
-                    _ => "token is not valid",
-                })
-            })?;
+        let decode =
+            |key: &DecodingKey| jsonwebtoken::decode::<Claims>(token, key, &self.validation);
+        let decoded = match &self.keys {
+            Keys::One(key) => decode(key),
+            Keys::Set(jwks) => {
+                let header = jsonwebtoken::decode_header(token)
+                    .map_err(|_| Error::Unauthenticated("token is not valid"))?;
+                let set = jwks.current();
+                let key = set
+                    .find(header.kid.as_deref())
+                    .ok_or(Error::Unauthenticated(
+                        "token signed by a key not in the key set",
+                    ))?;
+                decode(key)
+            }
+        };
+        let data = decoded.map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            Error::Unauthenticated(match e.kind() {
+                ErrorKind::ExpiredSignature => "token expired",
+                ErrorKind::ImmatureSignature => "token not valid yet",
+                ErrorKind::InvalidAudience => "token is for another audience",
+                ErrorKind::InvalidIssuer => "token from another issuer",
+                ErrorKind::InvalidSignature => "token signature does not verify",
+                ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim",
+                _ => "token is not valid",
+            })
+        })?;
         flashsale_proto::rules::text_id("sub", &data.claims.sub)
             .map_err(|_| Error::Unauthenticated("token subject is not a valid user id"))?;
         Ok(Caller {

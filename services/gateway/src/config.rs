@@ -59,6 +59,16 @@ pub struct AuthConfig {
     pub secret: SecretString,
     /// PEM file with the RS256/ES256 public key.
     pub public_key_file: Option<PathBuf>,
+    /// The identity provider's keys instead (RS256/ES256): a JWKS file, or an `https://` URL
+    /// (e.g. Keycloak's `.../protocol/openid-connect/certs`); a token's key is chosen by its
+    /// `kid`. Empty: `public_key_file`.
+    pub jwks: String,
+    /// How often the key set is read again (a rotation publishes the new key this long, at
+    /// least, before signing with it).
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// A PEM CA bundle the `jwks` URL's server may chain to, besides the system's roots.
+    pub jwks_ca_file: Option<PathBuf>,
     /// Required `aud` claim.
     pub audience: String,
     /// Required `iss` claim; empty means any.
@@ -124,6 +134,9 @@ impl Default for AuthConfig {
             // A development secret, refused outside loopback by `Config::check_listen`.
             secret: SecretString::from("flashsale-dev-secret-change-me"),
             public_key_file: None,
+            jwks: String::new(),
+            jwks_refresh: Duration::from_secs(60),
+            jwks_ca_file: None,
             audience: "flashsale".into(),
             issuer: String::new(),
             leeway: Duration::from_secs(30),
@@ -206,12 +219,13 @@ impl Validate for AuthConfig {
                 }
             }
             "RS256" | "ES256" => {
-                if self.public_key_file.is_none() {
+                if self.public_key_file.is_none() && self.jwks.is_empty() {
                     return Err(Invalid::new(
                         "public_key_file",
-                        format!("{} needs a public key file", self.algorithm),
+                        format!("{} needs a public key file or a jwks", self.algorithm),
                     ));
                 }
+                self.validate_jwks()?;
             }
             other => {
                 return Err(Invalid::new(
@@ -219,6 +233,12 @@ impl Validate for AuthConfig {
                     format!("`{other}` is not one of HS256, RS256, ES256"),
                 ));
             }
+        }
+        if self.algorithm == "HS256" && !self.jwks.is_empty() {
+            return Err(Invalid::new(
+                "jwks",
+                "a key set holds public keys: use it with RS256 or ES256",
+            ));
         }
         if self.audience.is_empty() {
             return Err(Invalid::new("audience", "must not be empty"));
@@ -228,6 +248,29 @@ impl Validate for AuthConfig {
             self.leeway,
             Duration::ZERO,
             Duration::from_secs(600),
+        )
+    }
+}
+
+impl AuthConfig {
+    fn validate_jwks(&self) -> Result<(), Invalid> {
+        if self.jwks.contains("://") && !self.jwks.starts_with("https://") {
+            return Err(Invalid::new(
+                "jwks",
+                "a key set URL must be https:// (anyone on the path could swap the keys)",
+            ));
+        }
+        if self.jwks_ca_file.is_some() && !self.jwks.starts_with("https://") {
+            return Err(Invalid::new(
+                "jwks_ca_file",
+                "applies only to an https:// jwks",
+            ));
+        }
+        check_range(
+            "jwks_refresh",
+            self.jwks_refresh,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
         )
     }
 }

@@ -21,6 +21,7 @@ pub mod config;
 mod error;
 pub mod gateway;
 pub mod grpc;
+mod jwks;
 mod metrics;
 mod queue;
 pub mod sales;

@@ -222,3 +222,106 @@ descriptors:
     }
     assert_eq!(through, 3, "the sale's limit of 3 an hour holds");
 }
+
+/// Finding 8, its second half: keys came only from one PEM file. The gateway now verifies
+/// against the identity provider's key set, fetched over https and read again every
+/// `jwks_refresh`, each token's key chosen by its `kid`. A rotation in the middle of a sale
+/// (the new key published beside the old, tokens of both in use, then the old withdrawn) loses
+/// no purchase; a token of the withdrawn key is refused afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_08_b_a_key_rotation_mid_sale_loses_no_purchase() {
+    use crate::jwks::{IssuerKey, JwksServer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (IssuerKey::new("2026-11"), IssuerKey::new("2026-12"));
+    let idp = JwksServer::start(dir.path(), &[&old]).await;
+    let env = |key: &str, value: &str| (key.to_owned(), value.to_owned());
+    let mesh = Mesh::start_with(
+        "attack 8b",
+        Extra {
+            env: vec![
+                env("FLASHSALE_GATEWAY__AUTH__ALGORITHM", "ES256"),
+                env("FLASHSALE_GATEWAY__AUTH__JWKS", &idp.url),
+                env(
+                    "FLASHSALE_GATEWAY__AUTH__JWKS_CA_FILE",
+                    idp.ca.to_str().unwrap(),
+                ),
+                env("FLASHSALE_GATEWAY__AUTH__JWKS_REFRESH", "1s"),
+            ],
+            ..Extra::default()
+        },
+    )
+    .await;
+    let channel = mesh.channel(mesh.ports.gateway).await;
+    let now = flashsale_proto::time::now_ms();
+    let sale = pb::sale_admin_client::SaleAdminClient::new(channel.clone())
+        .create_sale(authorized(
+            pb::CreateSaleRequest {
+                sale: Some(pb::Sale {
+                    name: "rotation".into(),
+                    stock: 30,
+                    per_user_limit: 1,
+                    unit_price_minor: 100,
+                    currency: "CNY".into(),
+                    starts_at: Some(flashsale_proto::time::timestamp(now - 1_000)),
+                    ends_at: Some(flashsale_proto::time::timestamp(now + 3_600_000)),
+                    ..pb::Sale::default()
+                }),
+            },
+            &old.token("operator", true),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut client = FlashSaleClient::new(channel);
+    let mut buy = async |buyer: usize, key: &IssuerKey| {
+        client
+            .purchase(authorized(
+                pb::PurchaseRequest {
+                    sale_id: sale.sale_id.clone(),
+                    quantity: 1,
+                    idempotency_key: format!("rotation-{buyer}"),
+                    purchase_token: String::new(),
+                },
+                &key.token(&format!("buyer-{buyer}"), false),
+            ))
+            .await
+    };
+    let refresh = Duration::from_millis(2_500);
+    for buyer in 0..10 {
+        assert!(buy(buyer, &old).await.is_ok(), "buyer {buyer}");
+    }
+    idp.publish(&[&old, &new]);
+    tokio::time::sleep(refresh).await;
+    for buyer in 10..20 {
+        let key = if buyer % 2 == 0 { &old } else { &new };
+        let bought = buy(buyer, key).await;
+        assert!(bought.is_ok(), "buyer {buyer}: {bought:?}");
+    }
+    idp.publish(&[&new]);
+    tokio::time::sleep(refresh).await;
+    for buyer in 20..30 {
+        assert!(buy(buyer, &new).await.is_ok(), "buyer {buyer}");
+    }
+    let withdrawn = buy(30, &old).await.unwrap_err();
+    assert_eq!(
+        withdrawn.code(),
+        tonic::Code::Unauthenticated,
+        "{withdrawn:?}"
+    );
+
+    // Every accepted purchase became an order.
+    let store = mesh.store().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let orders = store.sale_orders(&sale.sale_id).await.unwrap().len();
+        if orders == 30 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{orders} orders of 30"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -9,6 +9,7 @@ mod deploy;
 mod e2e;
 mod edge;
 mod findings;
+mod jwks;
 mod mesh;
 mod migrate;
 mod observability;

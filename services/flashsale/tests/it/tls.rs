@@ -23,7 +23,7 @@ use crate::{
     mesh::{Extra, Mesh},
 };
 
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+pub(crate) fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
@@ -36,7 +36,12 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 /// Writes `<name>.crt` and `<name>.key` for a certificate naming `sans`, signed by `issuer`.
-fn leaf(issuer: &CertifiedIssuer<'static, KeyPair>, sans: &[&str], dir: &Path, name: &str) {
+pub(crate) fn leaf(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    sans: &[&str],
+    dir: &Path,
+    name: &str,
+) {
     let mut params =
         CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name.push(DnType::CommonName, name);
