@@ -143,6 +143,7 @@ impl GrpcServer {
         };
 
         let mut builder = Server::builder();
+        let mutual = tls.is_some();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }
@@ -151,6 +152,7 @@ impl GrpcServer {
             .concurrency_limit_per_connection(config.concurrency_per_connection)
             .tcp_nodelay(true)
             .layer(crate::trace::ServerTraceLayer)
+            .layer(crate::tls::RequireClientCert { enabled: mutual })
             .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)
             .await?;

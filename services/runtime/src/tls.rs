@@ -1,10 +1,12 @@
 //! Mutual TLS between the mesh's services (rustls with the ring provider, through tonic).
 //!
 //! Off unless configured. When `[tls]` names a certificate, its key and a CA bundle, the
-//! internal servers (inventory, orders) accept only clients presenting a certificate that chains
+//! internal servers (inventory, orders) answer only clients presenting a certificate that chains
 //! to the CA, and the mesh's clients of those servers present the same identity and accept only
 //! servers whose certificate chains to the CA and names the host they dialled. Their URLs then
-//! use `https://`.
+//! use `https://`. A certificate from another CA fails the handshake; a caller with none is told
+//! why, call by call ([`RequireClientCert`]: `UNAUTHENTICATED CLIENT_CERTIFICATE_REQUIRED`),
+//! except for health checks, which anyone may ask.
 //!
 //! ```toml
 //! [tls]
@@ -15,12 +17,22 @@
 //!
 //! A cert-manager `Certificate` per component, mounted as a Secret, gives exactly these files.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    task::{Context, Poll},
+};
 
+use futures::future::{Either, Ready, ready};
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{
+    Certificate, ClientTlsConfig, Identity, ServerTlsConfig,
+    server::{TcpConnectInfo, TlsConnectInfo},
+};
 
-use crate::{Invalid, Validate};
+use crate::{
+    Invalid, Validate,
+    status::{IntoStatus, to_status},
+};
 
 /// Where this process's identity and the trusted CA are (all three, or none for plaintext).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,11 +123,14 @@ pub struct MeshTls {
 }
 
 impl MeshTls {
-    /// For a server: present the identity, require a client certificate from the CA.
+    /// For a server: present the identity, verify any client certificate against the CA. A
+    /// client without one gets through the handshake so that [`RequireClientCert`] can tell it
+    /// why its calls are refused.
     pub fn server(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(self.identity.clone())
             .client_ca_root(self.ca.clone())
+            .client_auth_optional(true)
     }
 
     /// For a client of `host`: present the identity, accept only a server certificate from
@@ -125,5 +140,80 @@ impl MeshTls {
             .identity(self.identity.clone())
             .ca_certificate(self.ca.clone())
             .domain_name(host)
+    }
+}
+
+/// A call refused for who is calling.
+#[derive(Debug, thiserror::Error)]
+pub enum CallerRefused {
+    /// The connection carries no client certificate.
+    #[error(
+        "this service answers only callers presenting a client certificate from the mesh CA (tls.ca)"
+    )]
+    NoCertificate,
+}
+
+impl IntoStatus for CallerRefused {
+    fn code(&self) -> tonic::Code {
+        tonic::Code::Unauthenticated
+    }
+
+    fn reason(&self) -> &'static str {
+        "CLIENT_CERTIFICATE_REQUIRED"
+    }
+}
+
+/// On a mutual-TLS server, refuses every call but health checks from a connection without a
+/// verified client certificate; does nothing when `enabled` is false (plaintext).
+#[derive(Debug, Clone, Copy)]
+pub struct RequireClientCert {
+    /// Whether the server speaks mutual TLS.
+    pub enabled: bool,
+}
+
+impl<S> tower::Layer<S> for RequireClientCert {
+    type Service = RequireClientCertService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireClientCertService {
+            inner,
+            enabled: self.enabled,
+        }
+    }
+}
+
+/// The service [`RequireClientCert`] makes.
+#[derive(Debug, Clone)]
+pub struct RequireClientCertService<S> {
+    inner: S,
+    enabled: bool,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RequireClientCertService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    R: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let certified = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs)
+            .is_some_and(|certs| !certs.is_empty());
+        let health = request.uri().path().starts_with("/grpc.health.v1.Health/");
+        if !self.enabled || certified || health {
+            return Either::Left(self.inner.call(request));
+        }
+        Either::Right(ready(Ok(
+            to_status(&CallerRefused::NoCertificate).into_http()
+        )))
     }
 }

@@ -1,7 +1,8 @@
 //! Mutual TLS between the services: the whole purchase path runs with the inventory and orders
 //! serving mTLS (gateway → inventory, gateway → orders, order consumer → inventory), and those
-//! servers turn away plaintext, clients without a certificate, clients whose certificate another
-//! CA signed, and clients that expect another server name.
+//! servers turn away plaintext, clients whose certificate another CA signed, and clients that
+//! expect another server name; a client without a certificate is told why
+//! (`UNAUTHENTICATED CLIENT_CERTIFICATE_REQUIRED`), except for health checks.
 
 use std::{path::Path, time::Duration};
 
@@ -228,7 +229,7 @@ async fn services_speak_mutual_tls_and_turn_strangers_away() {
     )
     .await
     .unwrap_err();
-    refused_at_the_door(&no_identity);
+    told_a_certificate_is_required(&no_identity);
 
     // A certificate from another CA (which trusts our server's CA, to isolate the client side).
     let rogue = load(dir, "rogue", "ca.crt");
@@ -272,4 +273,48 @@ async fn services_speak_mutual_tls_and_turn_strangers_away() {
     .unwrap_err();
     refused_at_the_door(&plain_orders);
     wait_serving_tls(mesh.ports.orders, &node).await;
+
+    // Orders, reached by a caller without a certificate: Pay is refused, saying why, before
+    // anything of the order is read; health checks answer anyone.
+    let uncertified =
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", mesh.ports.orders))
+            .unwrap()
+            .timeout(Duration::from_secs(3))
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(our_ca())
+                    .domain_name("127.0.0.1"),
+            )
+            .unwrap()
+            .connect_lazy();
+    let order_id = report.accepted[0].order_id.clone();
+    let pay = pb::orders_client::OrdersClient::new(uncertified.clone())
+        .pay(pb::PayRequest {
+            order_id,
+            user_id: report.accepted[0].user_id.clone(),
+            payment_reference: "pay-1".into(),
+        })
+        .await
+        .unwrap_err();
+    told_a_certificate_is_required(&pay);
+    let health = HealthClient::new(uncertified)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+}
+
+/// A caller without a client certificate hears why from the service itself.
+fn told_a_certificate_is_required(status: &tonic::Status) {
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert_eq!(
+        flashsale_runtime::status::reason_of(status).as_deref(),
+        Some("CLIENT_CERTIFICATE_REQUIRED"),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("client certificate"),
+        "{status:?}"
+    );
 }
