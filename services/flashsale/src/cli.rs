@@ -94,6 +94,11 @@ pub(crate) struct ServeArgs {
     /// Serve Prometheus `/metrics` on this address (instead of `telemetry.metrics_listen`).
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_listen: Option<SocketAddr>,
+
+    /// Answer gRPC health checks, in plaintext and nothing else, on this address too (instead
+    /// of `server.health_listen`): for kubelet probes, which speak no TLS.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) health_listen: Option<SocketAddr>,
 }
 
 /// The components `serve` can run.

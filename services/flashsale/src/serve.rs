@@ -291,6 +291,12 @@ pub(crate) async fn run(args: ServeArgs, config: MeshConfig) -> Result<()> {
         return run_sidecar(&config, args.upstream, listener, &shutdown).await;
     }
     let server = build(args.component, &config, &shutdown).await?;
+    if let Some(addr) = args.health_listen.or(config.server.health_listen) {
+        let health = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot answer health checks on {addr}"))?;
+        tokio::spawn(server.health_only().serve(health, shutdown.wait()));
+    }
     let (_, served) = drain(
         server.serve(listener, shutdown.wait()),
         &shutdown,

@@ -355,6 +355,11 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Most concurrent requests one connection may have in flight.
     pub concurrency_per_connection: usize,
+    /// Where a plaintext listener answers gRPC health checks and nothing else, beside the
+    /// component's own (kubelet's gRPC probes speak no TLS and cannot reach a loopback-only
+    /// listener). Unset: health on the component's listener only. One per host: components
+    /// sharing a host set `--health-listen` each.
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -364,6 +369,7 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             concurrency_per_connection: 1024,
+            health_listen: None,
         }
     }
 }

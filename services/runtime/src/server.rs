@@ -20,7 +20,11 @@ use tonic::{
     service::{Routes, RoutesBuilder},
     transport::Server,
 };
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
 use tower::Service;
 
 use crate::config::ServerConfig;
@@ -46,6 +50,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
     health: HealthReporter,
+    health_service: HealthServer<HealthService>,
     tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
@@ -62,15 +67,17 @@ impl std::fmt::Debug for GrpcServer {
 impl GrpcServer {
     /// A server for `component` (a name for logs, e.g. `inventory`) with shared settings.
     pub fn new(component: &'static str, config: &ServerConfig) -> Self {
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = HealthReporter::new();
+        let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
         let mut routes = RoutesBuilder::default();
-        routes.add_service(health_service);
+        routes.add_service(health_service.clone());
         Self {
             component,
             config: config.clone(),
             routes,
             names: Vec::new(),
             health,
+            health_service,
             tls: None,
         }
     }
@@ -104,6 +111,15 @@ impl GrpcServer {
     /// store is down) and back.
     pub fn health(&self) -> HealthReporter {
         self.health.clone()
+    }
+
+    /// The same health answers, served alone and in plaintext (see
+    /// [`ServerConfig::health_listen`]).
+    pub fn health_only(&self) -> HealthOnly {
+        HealthOnly {
+            component: self.component,
+            service: self.health_service.clone(),
+        }
     }
 
     /// The names of the hosted services (without health and reflection).
@@ -170,6 +186,7 @@ impl GrpcServer {
             names,
             health,
             tls: _,
+            health_service: _,
         } = self;
         let mut reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(flashsale_proto::FILE_DESCRIPTOR_SET)
@@ -193,6 +210,29 @@ impl GrpcServer {
             names,
             health,
         })
+    }
+}
+
+/// A [`GrpcServer`]'s health service on a listener of its own.
+#[derive(Debug, Clone)]
+pub struct HealthOnly {
+    component: &'static str,
+    service: HealthServer<HealthService>,
+}
+
+impl HealthOnly {
+    /// Answers health checks on `listener` until `shutdown` resolves; the statuses are the
+    /// server's own, NOT_SERVING included while it drains.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<(), ServeError>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        tracing::info!(component = %self.component, addr = %listener.local_addr()?, "answering health checks");
+        Server::builder()
+            .add_service(self.service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
     }
 }
 

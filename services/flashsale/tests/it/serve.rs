@@ -113,30 +113,54 @@ async fn check_target(component: &str, services: &[&str], extra_env: &[(&str, St
     let env = env.as_slice();
     let port = flashsale_testkit::free_port().unwrap();
     let addr = format!("127.0.0.1:{port}");
+    let probes = format!("127.0.0.1:{}", flashsale_testkit::free_port().unwrap());
     let mut command = flashsale();
-    command.args(["serve", component, "--listen", &addr]);
+    command.args([
+        "serve",
+        component,
+        "--listen",
+        &addr,
+        "--health-listen",
+        &probes,
+    ]);
     for (key, value) in env {
         command.env(key, value);
     }
     let mut server = Running::spawn(&mut command);
     let channel = connect(&addr).await;
 
-    let mut health = HealthClient::new(channel.clone());
-    for service in std::iter::once(&"").chain(services) {
-        let status = health
-            .check(HealthCheckRequest {
-                service: (*service).to_owned(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{component}: health of {service:?}: {e}"))
-            .into_inner()
-            .status;
-        assert_eq!(
-            status,
-            ServingStatus::Serving as i32,
-            "{component}: {service:?}"
-        );
+    // The same answers on the component's port and on the probes' own.
+    for channel in [channel.clone(), connect(&probes).await] {
+        let mut health = HealthClient::new(channel);
+        for service in std::iter::once(&"").chain(services) {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: (*service).to_owned(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{component}: health of {service:?}: {e}"))
+                .into_inner()
+                .status;
+            assert_eq!(
+                status,
+                ServingStatus::Serving as i32,
+                "{component}: {service:?}"
+            );
+        }
     }
+    let unanswered = ServerReflectionClient::new(connect(&probes).await)
+        .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(
+        unanswered.code(),
+        tonic::Code::Unimplemented,
+        "{component}: the probes' port answers health alone"
+    );
 
     let listed = list_services(channel).await;
     let mut expected: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
