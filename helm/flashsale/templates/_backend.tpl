@@ -2,7 +2,8 @@
 A backend component: a Deployment running `flashsale serve <component>` and the headless
 Service its clients resolve to reach every pod (they balance calls across them). Call with
 (dict "root" $ "component" "inventory" "serve" "inventory" "port" "50052"
-      "need" (list "redis" "nats") "migrate" false "service" true).
+      "need" (list "redis" "nats") "migrate" false "service" true), and "api" false for a
+component whose Service carries only the health port.
 */}}
 {{- define "flashsale.backend" -}}
 {{- $root := .root }}
@@ -52,6 +53,9 @@ spec:
             - name: grpc
               containerPort: {{ .port }}
               protocol: TCP
+            - name: health
+              containerPort: {{ include "flashsale.port.health" $root }}
+              protocol: TCP
             - name: metrics
               containerPort: {{ include "flashsale.port.metrics" $root }}
               protocol: TCP
@@ -59,7 +63,7 @@ spec:
             {{- include "flashsale.env" $root | nindent 12 }}
           volumeMounts:
             {{- include "flashsale.volumeMounts" $root | nindent 12 }}
-          {{- include "flashsale.grpcProbes" (dict "port" .port) | nindent 10 }}
+          {{- include "flashsale.grpcProbes" (dict "port" (include "flashsale.port.health" $root)) | nindent 10 }}
           lifecycle:
             {{- include "flashsale.lifecycle" $root | nindent 12 }}
           securityContext:
@@ -84,10 +88,22 @@ spec:
   selector:
     {{- include "flashsale.selectorLabels" (dict "root" $root "component" $component) | nindent 4 }}
   ports:
+    {{- if ne .api false }}
     - name: grpc
       port: {{ .port }}
       targetPort: grpc
       protocol: TCP
+      {{- if not $root.Values.tls.enabled }}
       appProtocol: kubernetes.io/h2c
+      {{- end }}
+    {{- end }}
+    {{- if $root.Values.tests.enabled }}
+    # Plaintext health only, for `helm test`.
+    - name: health
+      port: {{ include "flashsale.port.health" $root }}
+      targetPort: health
+      protocol: TCP
+      appProtocol: kubernetes.io/h2c
+    {{- end }}
 {{- end }}
 {{- end }}

@@ -93,6 +93,8 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Fixed ports: the configuration the chart writes listens on these. */}}
 {{- define "flashsale.port.sidecar" -}}50050{{- end }}
 {{- define "flashsale.port.gateway" -}}50051{{- end }}
+{{/* Plaintext gRPC health only, for kubelet probes and `helm test` (server.health_listen). */}}
+{{- define "flashsale.port.health" -}}50058{{- end }}
 {{- define "flashsale.port.inventory" -}}50052{{- end }}
 {{- define "flashsale.port.orders" -}}50053{{- end }}
 {{- define "flashsale.port.consumer" -}}50055{{- end }}
@@ -129,7 +131,10 @@ typed configuration refuses for integer keys: turn them back into integers, in p
 {{/* flashsale.toml: the operator's `config` with the chart's wiring over it. */}}
 {{- define "flashsale.configToml" -}}
 {{- $fullname := include "flashsale.fullname" . }}
-{{- $inventory := printf "http://%s-inventory:%s" $fullname (include "flashsale.port.inventory" .) }}
+{{- $scheme := ternary "https" "http" .Values.tls.enabled }}
+{{- $inventory := printf "%s://%s-inventory:%s" $scheme $fullname (include "flashsale.port.inventory" .) }}
+{{- /* With TLS the gateway is reached only through its sidecar, in the same pod. */}}
+{{- $gatewayHost := ternary "127.0.0.1" "0.0.0.0" .Values.tls.enabled }}
 {{- $auth := dict "algorithm" .Values.auth.algorithm "audience" .Values.auth.audience "issuer" .Values.auth.issuer }}
 {{- if include "flashsale.usesPublicKey" . }}
 {{- $_ := set $auth "public_key_file" "/etc/flashsale/jwt/public.pem" }}
@@ -142,9 +147,9 @@ typed configuration refuses for integer keys: turn them back into integers, in p
 {{- $wiring := dict
   "telemetry" (dict "metrics_listen" (printf "0.0.0.0:%s" (include "flashsale.port.metrics" .)))
   "gateway" (dict
-    "listen" (printf "0.0.0.0:%s" (include "flashsale.port.gateway" .))
+    "listen" (printf "%s:%s" $gatewayHost (include "flashsale.port.gateway" .))
     "inventory_url" $inventory
-    "orders_url" (printf "http://%s-orders:%s" $fullname (include "flashsale.port.orders" .))
+    "orders_url" (printf "%s://%s-orders:%s" $scheme $fullname (include "flashsale.port.orders" .))
     "auth" $auth)
   "inventory" (dict "listen" (printf "0.0.0.0:%s" (include "flashsale.port.inventory" .)))
   "orders" (dict
@@ -157,6 +162,10 @@ typed configuration refuses for integer keys: turn them back into integers, in p
       "listen" (printf "0.0.0.0:%s" (include "flashsale.port.sidecar" .))
       "upstream" (printf "http://127.0.0.1:%s" (include "flashsale.port.gateway" .))))
 }}
+{{- $_ := set $wiring "server" (dict "health_listen" (printf "0.0.0.0:%s" (include "flashsale.port.health" .))) }}
+{{- if .Values.tls.enabled }}
+{{- $_ := set $wiring "tls" (dict "cert" "/etc/flashsale/tls/tls.crt" "key" "/etc/flashsale/tls/tls.key" "ca" "/etc/flashsale/tls/ca.crt") }}
+{{- end }}
 {{- $config := mergeOverwrite (deepCopy .Values.config) $wiring }}
 {{- include "flashsale.integers" $config }}
 {{- toToml $config }}
@@ -212,6 +221,40 @@ seccompProfile:
 - name: secrets
   mountPath: /etc/flashsale/secrets
   readOnly: true
+{{- include "flashsale.tlsMount" . }}
+{{- end }}
+
+{{/* The mesh's certificate, where `[tls]` reads it (every container reading the config). */}}
+{{- define "flashsale.tlsMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/flashsale/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the mesh's certificate. */}}
+{{- define "flashsale.tlsSecretName" -}}
+{{- .Values.tls.existingSecret | default (printf "%s-mesh-tls" (include "flashsale.fullname" .)) }}
+{{- end }}
+
+{{/* Whether cert-manager issues the mesh's certificate. */}}
+{{- define "flashsale.tlsByCertManager" -}}
+{{- $on := .Values.tls.certManager.enabled }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- if or (eq (toString $on) "true") (and (eq (toString $on) "auto") (.Capabilities.APIVersions.Has "cert-manager.io/v1")) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The names the mesh's certificate is valid for: every internal Service, short and long. */}}
+{{- define "flashsale.tlsNames" -}}
+{{- $fullname := include "flashsale.fullname" . }}
+{{- range $component := list "inventory" "orders" "consumer" "gateway" }}
+{{- $name := printf "%s-%s" $fullname $component }}
+- {{ $name }}
+- {{ $name }}.{{ $.Release.Namespace }}.svc
+- {{ $name }}.{{ $.Release.Namespace }}.svc.cluster.local
+{{- end }}
 {{- end }}
 
 {{/*
@@ -257,6 +300,19 @@ The secrets one container reads, each mounted as a file named by the key it sets
 - name: config
   configMap:
     name: {{ include "flashsale.fullname" . }}-config
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "flashsale.tlsSecretName" . }}
+    defaultMode: 288  # 0440: owner and group read only
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
 {{- end }}
 
 {{- define "flashsale.podAnnotations" -}}
@@ -322,7 +378,8 @@ preStop:
     seconds: {{ .Values.preStopSleepSeconds }}
 {{- end }}
 
-{{/* gRPC health probes on `port`; call with (dict "port" 50052). */}}
+{{/* gRPC health probes on `port` (the health port: plaintext, TLS or not); call with
+(dict "port" 50058). */}}
 {{- define "flashsale.grpcProbes" -}}
 startupProbe:
   grpc:

@@ -21,6 +21,8 @@ pub const KNOWN_CRDS: &[(&str, &str)] = &[
     ("ScaledObject", "keda.sh/v1alpha1"),
     ("PodMonitor", "monitoring.coreos.com/v1"),
     ("ServiceMonitor", "monitoring.coreos.com/v1"),
+    ("Certificate", "cert-manager.io/v1"),
+    ("Issuer", "cert-manager.io/v1"),
 ];
 
 /// checkov checks skipped for renderings that pull images by tag (development installs and the

@@ -884,6 +884,11 @@ fn mesh_config(index: &Index<'_>, pod: &Pod<'_>, problems: &mut Vec<Problem>) {
                 &["gateway", "auth", "public_key_file"],
             ));
         }
+        files.extend([
+            ("tls.cert", &["tls", "cert"][..]),
+            ("tls.key", &["tls", "key"][..]),
+            ("tls.ca", &["tls", "ca"][..]),
+        ]);
         for (key, path) in files {
             let Some(file) = mesh.config_str(path).filter(|f| !f.is_empty()) else {
                 continue;
@@ -910,25 +915,39 @@ fn mesh_config(index: &Index<'_>, pod: &Pod<'_>, problems: &mut Vec<Problem>) {
                 .or_else(|| mesh.config_str(path))
                 .unwrap_or(default)
                 .to_owned();
+            // A gateway behind a sidecar in its pod is reached through it alone.
+            let fronted = component == "gateway" && has_sidecar(pod);
             check_listen(
                 &mesh,
                 &format!("{} ({listen})", path.join(".")),
                 &listen,
+                fronted,
                 problems,
                 pod,
             );
-            let metrics = mesh
-                .arg("--metrics-listen")
-                .or_else(|| mesh.config_str(&["telemetry", "metrics_listen"]))
-                .map(str::to_owned);
-            if let Some(metrics) = metrics {
-                check_listen(
-                    &mesh,
-                    &format!("metrics ({metrics})"),
-                    &metrics,
-                    problems,
-                    pod,
-                );
+            for (what, flag, key) in [
+                (
+                    "metrics",
+                    "--metrics-listen",
+                    &["telemetry", "metrics_listen"],
+                ),
+                ("health", "--health-listen", &["server", "health_listen"]),
+            ] {
+                // The sidecar is a proxy: it answers health through its upstream.
+                if what == "health" && component == "limiter-sidecar" {
+                    continue;
+                }
+                if let Some(addr) = mesh.arg(flag).or_else(|| mesh.config_str(key)) {
+                    let addr = addr.to_owned();
+                    check_listen(
+                        &mesh,
+                        &format!("{what} ({addr})"),
+                        &addr,
+                        false,
+                        problems,
+                        pod,
+                    );
+                }
             }
         }
 
@@ -992,10 +1011,22 @@ fn mesh_config(index: &Index<'_>, pod: &Pod<'_>, problems: &mut Vec<Problem>) {
     }
 }
 
+/// Whether a limiter sidecar runs in the pod (its upstream is checked to be a port here).
+fn has_sidecar(pod: &Pod<'_>) -> bool {
+    pod.main_containers().any(|c| {
+        strings(c.get("args"))
+            .take(2)
+            .eq(["serve", "limiter-sidecar"])
+    })
+}
+
+/// A listen address must be a declared port, and (unless `loopback_ok`) reachable from the
+/// pod's IP.
 fn check_listen(
     mesh: &MeshContainer<'_>,
     what: &str,
     listen: &str,
+    loopback_ok: bool,
     problems: &mut Vec<Problem>,
     pod: &Pod<'_>,
 ) {
@@ -1003,7 +1034,8 @@ fn check_listen(
         return;
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.starts_with("127.") || host == "::1" || host == "localhost" {
+    let loopback = host.starts_with("127.") || host == "::1" || host == "localhost";
+    if loopback && !loopback_ok {
         problems.push(Problem::new(
             &pod.owner,
             format!(

@@ -355,8 +355,8 @@ fn configuration_that_disagrees_with_the_pod_is_caught() {
         .unwrap();
     let toml = config.value["data"]["flashsale.toml"].as_str().unwrap();
     let seeded = toml.replace("0.0.0.0:50052", "0.0.0.0:50062").replace(
-        "http://flashsale-orders:50053",
-        "http://flashsale-order:50053",
+        "https://flashsale-orders:50053",
+        "https://flashsale-order:50053",
     );
     assert_ne!(seeded, toml);
     config.value["data"]["flashsale.toml"] = seeded.into();
@@ -369,7 +369,93 @@ fn configuration_that_disagrees_with_the_pod_is_caught() {
     assert_found(
         &problems,
         "Deployment/flashsale-gateway",
-        "container gateway: gateway.orders_url http://flashsale-order:50053: no Service flashsale-order here",
+        "container gateway: gateway.orders_url https://flashsale-order:50053: no Service flashsale-order here",
+    );
+}
+
+/// The chart's defaults: mutual TLS between the services, the gateway on loopback behind its
+/// sidecar, every container that reads the configuration holding the certificate it names, and
+/// probes on the plaintext health port. A container without the certificate is caught.
+#[test]
+fn the_defaults_speak_mutual_tls_with_the_gateway_behind_its_sidecar() {
+    let mut rendering = default_rendering();
+    let find = |rendering: &Rendering, kind: &str, name: &str| {
+        rendering
+            .resources
+            .iter()
+            .find(|r| r.kind == kind && r.name == name)
+            .unwrap_or_else(|| panic!("{kind}/{name}"))
+            .value
+            .clone()
+    };
+    let config = find(&rendering, "ConfigMap", "flashsale-config");
+    let config: toml::Table = config["data"]["flashsale.toml"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let text = |path: &[&str]| {
+        let mut value = &config[path[0]];
+        for key in &path[1..] {
+            value = &value[*key];
+        }
+        value.as_str().unwrap().to_owned()
+    };
+    assert_eq!(text(&["tls", "ca"]), "/etc/flashsale/tls/ca.crt");
+    assert_eq!(text(&["gateway", "listen"]), "127.0.0.1:50051");
+    for url in [
+        &["gateway", "inventory_url"][..],
+        &["gateway", "orders_url"],
+        &["orders", "inventory_url"],
+    ] {
+        assert!(text(url).starts_with("https://"), "{url:?}: {}", text(url));
+    }
+    let secret = find(&rendering, "Secret", "flashsale-mesh-tls");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(
+            secret["data"][key].as_str().is_some_and(|v| !v.is_empty()),
+            "{key}"
+        );
+    }
+    for component in ["gateway", "inventory", "orders", "consumer"] {
+        let deployment = find(&rendering, "Deployment", &format!("flashsale-{component}"));
+        let probe = &deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
+        assert_eq!(probe["grpc"]["port"].as_u64(), Some(50058), "{component}");
+    }
+    assert_clean("defaults", &semantic::check(&rendering.resources));
+
+    // The orders container without the certificate's mount.
+    let orders = rendering
+        .resources
+        .iter_mut()
+        .find(|r| r.kind == "Deployment" && r.name == "flashsale-orders")
+        .unwrap();
+    let mounts = orders.value["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_sequence_mut()
+        .unwrap();
+    mounts.retain(|m| m["name"].as_str() != Some("tls"));
+    assert_found(
+        &semantic::check(&rendering.resources),
+        "Deployment/flashsale-orders",
+        "container orders: tls.cert is /etc/flashsale/tls/tls.crt, but no volume is mounted there",
+    );
+
+    // The kustomize base takes its certificate from cert-manager.
+    let base = std::fs::read_to_string(root().join("k8s/base/flashsale.yaml")).unwrap();
+    let base = Rendering::parse("base", base).unwrap();
+    let certificate = find(&base, "Certificate", "flashsale-mesh");
+    let names: Vec<&str> = certificate["spec"]["dnsNames"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for name in ["flashsale-inventory", "flashsale-orders.flashsale.svc"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    assert_eq!(
+        certificate["spec"]["secretName"].as_str(),
+        Some("flashsale-mesh-tls")
     );
 }
 

@@ -18,6 +18,8 @@ fn sample_secret(key: &str) -> &'static str {
         "gateway.auth.secret" => "a-production-token-secret-0123456789abcdef",
         "gateway.waiting_room_secret" => "a-production-waiting-room-key-0123456789",
         "public.pem" => "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n",
+        "tls.crt" | "ca.crt" => "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        "tls.key" => "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n",
         other => panic!("no sample for secret file {other}"),
     }
 }
