@@ -1101,6 +1101,33 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
                 Code::InvalidArgument,
             ),
             (
+                "a value one byte over the limiter's bound",
+                should(
+                    "flashsale",
+                    vec![descriptor(vec![("user", &"v".repeat(1_025))], None)],
+                ),
+                Code::InvalidArgument,
+            ),
+            (
+                "a key one byte over the limiter's bound",
+                should(
+                    "flashsale",
+                    vec![descriptor(vec![(&"k".repeat(1_025), "a")], None)],
+                ),
+                Code::InvalidArgument,
+            ),
+            (
+                "a descriptor hits_addend of 2^64 - 1",
+                should(
+                    "flashsale",
+                    vec![RateLimitDescriptor {
+                        hits_addend: Some(u64::MAX),
+                        ..descriptor(vec![("user", "a")], None)
+                    }],
+                ),
+                Code::InvalidArgument,
+            ),
+            (
                 "override with unknown unit 42",
                 should(
                     "flashsale",
@@ -1173,6 +1200,17 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
     // Nothing changed, nothing died, nothing panicked.
     let after = snapshot(&mesh).await;
     assert_eq!(before, after, "bad input changed what the stores hold");
+    let wrong = abusive_headers(&mesh, &buyer).await;
+    assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+    // The limiter counted the buyer's calls that reached it; nothing else changed.
+    let without_counters = |state: Vec<String>| -> Vec<String> {
+        state.into_iter().filter(|l| !l.contains("{rl:")).collect()
+    };
+    assert_eq!(
+        without_counters(before),
+        without_counters(snapshot(&mesh).await),
+        "abusive headers changed what the stores hold"
+    );
     for (component, process) in &mut mesh.processes {
         assert!(process.0.try_wait().unwrap().is_none(), "{component} died");
     }
@@ -1181,4 +1219,140 @@ async fn every_rpc_answers_bad_input_with_a_status_and_changes_nothing() {
         let log = std::fs::read_to_string(&path).unwrap();
         assert!(!log.contains("panicked"), "{}:\n{log}", path.display());
     }
+}
+
+/// What is wrong, the RPC, its message, the headers, and the answer it must get.
+type HeaderCase = (
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    Vec<(&'static str, tonic::metadata::AsciiMetadataValue)>,
+    Code,
+);
+
+/// Headers a caller shapes, sent to the public port (the limiter sidecar), each with the answer
+/// it must get: a value the limiter cannot judge is refused there, and a token of any odd shape
+/// is refused by the gateway. The Purchases name a sale that does not exist, so nothing that
+/// gets through can change a store.
+async fn abusive_headers(mesh: &Mesh, buyer: &str) -> Vec<String> {
+    use tonic::metadata::MetadataValue;
+    let header = |value: &str| MetadataValue::try_from(value).unwrap();
+    let non_ascii = || MetadataValue::try_from("caf\u{e9}".as_bytes()).unwrap();
+    let purchase = enc(pb::PurchaseRequest {
+        sale_id: "no-such-sale".into(),
+        quantity: 1,
+        idempotency_key: "k".into(),
+        purchase_token: String::new(),
+    });
+    let get_sale = enc(pb::GetSaleRequest {
+        sale_id: "no-such-sale".into(),
+    });
+    let bearer = |token: &str| header(&format!("Bearer {token}"));
+    let unsigned =
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJidXllciIsImF1ZCI6ImZsYXNoc2FsZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+    let cases: Vec<HeaderCase> = vec![
+        (
+            "a sale header one byte over the bound",
+            "/flashsale.v1.FlashSale/GetSale",
+            get_sale.clone(),
+            vec![("flashsale-sale-id", header(&"s".repeat(1_025)))],
+            Code::InvalidArgument,
+        ),
+        (
+            "a sale header that is not text",
+            "/flashsale.v1.FlashSale/GetSale",
+            get_sale.clone(),
+            vec![("flashsale-sale-id", non_ascii())],
+            Code::InvalidArgument,
+        ),
+        (
+            "a Purchase's sale header over the bound (its sale comes from the message)",
+            "/flashsale.v1.FlashSale/Purchase",
+            purchase.clone(),
+            vec![
+                ("flashsale-sale-id", header(&"s".repeat(1_025))),
+                ("authorization", bearer(buyer)),
+            ],
+            Code::NotFound,
+        ),
+        (
+            "a forged x-forwarded-for of 1 KiB",
+            "/flashsale.v1.FlashSale/Purchase",
+            purchase.clone(),
+            vec![
+                ("x-forwarded-for", header(&"198.51.100.7,".repeat(80))),
+                ("authorization", bearer(buyer)),
+            ],
+            Code::NotFound,
+        ),
+        (
+            "a token of 8 KiB",
+            "/flashsale.v1.FlashSale/Purchase",
+            purchase.clone(),
+            vec![("authorization", bearer(&"x".repeat(8 << 10)))],
+            Code::Unauthenticated,
+        ),
+        (
+            "an authorization that is not text",
+            "/flashsale.v1.FlashSale/Purchase",
+            purchase.clone(),
+            vec![("authorization", non_ascii())],
+            Code::Unauthenticated,
+        ),
+        (
+            "a bearer with no token",
+            "/flashsale.v1.FlashSale/Purchase",
+            purchase.clone(),
+            vec![("authorization", header("Bearer "))],
+            Code::Unauthenticated,
+        ),
+        (
+            "an unsigned token (alg none)",
+            "/flashsale.v1.FlashSale/Purchase",
+            purchase.clone(),
+            vec![("authorization", bearer(unsigned))],
+            Code::Unauthenticated,
+        ),
+        (
+            "a token with its signature cut off",
+            "/flashsale.v1.FlashSale/Purchase",
+            purchase.clone(),
+            vec![(
+                "authorization",
+                bearer(buyer.rsplit_once('.').map_or(buyer, |(head, _)| head)),
+            )],
+            Code::Unauthenticated,
+        ),
+        (
+            "the buyer's token, twice",
+            "/flashsale.v1.FlashSale/Purchase",
+            purchase,
+            vec![("authorization", bearer(&format!("{buyer} {buyer}")))],
+            Code::Unauthenticated,
+        ),
+    ];
+    let channel = mesh.channel(mesh.ports.sidecar).await;
+    let mut wrong = Vec::new();
+    for (what, path, body, headers, expected) in cases {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let mut request = tonic::Request::new(body);
+        request.set_timeout(Duration::from_secs(10));
+        for (key, value) in headers {
+            request.metadata_mut().insert(key, value);
+        }
+        let path_and_query = http::uri::PathAndQuery::from_static(path);
+        let status = match grpc.unary(request, path_and_query, Raw).await {
+            Ok(_) => tonic::Status::ok(""),
+            Err(status) => status,
+        };
+        if status.code() != expected || status.message().is_empty() {
+            wrong.push(format!(
+                "sidecar {path} {what}: {:?} {:?}, expected {expected:?} with a reason",
+                status.code(),
+                status.message()
+            ));
+        }
+    }
+    wrong
 }

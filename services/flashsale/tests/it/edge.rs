@@ -67,6 +67,25 @@ async fn attack_07_made_up_sale_ids_cost_nothing_that_lasts() {
     );
 }
 
+/// Purchases limited to 5 an hour per buyer, and nothing else.
+const FIVE_AN_HOUR_PER_BUYER: &str = "domain: flashsale
+descriptors:
+  - key: method
+    value: /flashsale.v1.FlashSale/Purchase
+    descriptors:
+      - key: user
+        rate_limit: { unit: hour, requests_per_unit: 5 }
+";
+
+/// Signs tokens with a key that is not the mesh's.
+fn forger() -> flashsale_gateway::auth::Signer {
+    flashsale_gateway::auth::Signer::new(&flashsale_gateway::config::AuthConfig {
+        secret: "not-the-mesh-secret-0123456789abcdef".to_owned().into(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 /// Finding 3: the sidecar charged the per-user limit to the unverified `sub` of any token, so
 /// strangers with forged tokens naming a victim spent the victim's budget before the gateway
 /// refused them. Twenty calls with tokens signed by a wrong key and naming the victim, then the
@@ -76,26 +95,13 @@ async fn attack_03_forged_tokens_spend_nothing_of_their_victim() {
     let mesh = Mesh::start_with(
         "attack 3",
         Extra {
-            rules: Some(
-                "domain: flashsale
-descriptors:
-  - key: method
-    value: /flashsale.v1.FlashSale/Purchase
-    descriptors:
-      - key: user
-        rate_limit: { unit: hour, requests_per_unit: 5 }
-",
-            ),
+            rules: Some(FIVE_AN_HOUR_PER_BUYER),
             ..Extra::default()
         },
     )
     .await;
     let sale = crate::e2e::create_sale(&mesh, 100, 10, 600_000).await;
-    let forger = flashsale_gateway::auth::Signer::new(&flashsale_gateway::config::AuthConfig {
-        secret: "not-the-mesh-secret-0123456789abcdef".to_owned().into(),
-        ..Default::default()
-    })
-    .unwrap();
+    let forger = forger();
     let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.sidecar).await);
     let purchase = |token: String, i: usize| {
         authorized(
@@ -323,5 +329,155 @@ async fn attack_08_b_a_key_rotation_mid_sale_loses_no_purchase() {
             "{orders} orders of 30"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One way a buyer may tamper with a Purchase's headers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tamper {
+    /// A `flashsale-sale-id` header over the limiter's bound (a Purchase's sale is read from
+    /// its message: the header must change nothing).
+    Oversized,
+    /// A `flashsale-sale-id` header that is not text.
+    NonAscii,
+    /// An `x-forwarded-for` naming a new address each time.
+    ForgedForwardedFor,
+    /// No token at all.
+    Missing,
+    /// A token naming another buyer, signed with a key of the attacker's.
+    ForgedToken,
+    /// An `authorization` of 5,000 bytes.
+    OversizedToken,
+    /// An `authorization` that is not text.
+    NonAsciiToken,
+}
+
+const TAMPERS: [Tamper; 7] = [
+    Tamper::Oversized,
+    Tamper::NonAscii,
+    Tamper::ForgedForwardedFor,
+    Tamper::Missing,
+    Tamper::ForgedToken,
+    Tamper::OversizedToken,
+    Tamper::NonAsciiToken,
+];
+
+impl Tamper {
+    /// Whether the call no longer carries the buyer's own verifiable token.
+    fn disowns(self) -> bool {
+        matches!(
+            self,
+            Self::Missing | Self::ForgedToken | Self::OversizedToken | Self::NonAsciiToken
+        )
+    }
+}
+
+/// The acceptance of the edge's whole issue: rounds of ten Purchases in a row from one buyer,
+/// each tampered at random (any mix of the above, or none), through the sidecar. At most the
+/// buyer's limit of 5 gets through, exactly as many as the untampered-enough calls allow; and
+/// the buyer whose name the forged tokens carry still has their whole budget afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_tampered_calls_get_no_buyer_past_their_limit_and_cost_no_one_else() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mesh = Mesh::start_with(
+        "edge acceptance",
+        Extra {
+            rules: Some(FIVE_AN_HOUR_PER_BUYER),
+            ..Extra::default()
+        },
+    )
+    .await;
+    let sale = crate::e2e::create_sale(&mesh, 1_000, 10, 600_000).await;
+    let forger = forger();
+    let seed = rand::random::<u64>();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut client = FlashSaleClient::new(mesh.channel(mesh.ports.sidecar).await);
+    let token = |user: &str| mesh.signer().token(user, false, Duration::from_secs(600));
+    for round in 0..6 {
+        let (buyer, victim) = (format!("buyer-{round}"), format!("victim-{round}"));
+        let (mut through, mut eligible) = (0, 0);
+        for i in 0..10 {
+            let tampers: Vec<Tamper> = TAMPERS
+                .into_iter()
+                .filter(|_| rng.random_bool(0.2))
+                .collect();
+            let mut call = tonic::Request::new(pb::PurchaseRequest {
+                sale_id: sale.sale_id.clone(),
+                quantity: 1,
+                idempotency_key: format!("{buyer}-{i}"),
+                purchase_token: String::new(),
+            });
+            let mut bearer = Some(token(&buyer));
+            let headers = call.metadata_mut();
+            for tamper in &tampers {
+                match tamper {
+                    Tamper::Oversized => {
+                        headers.insert("flashsale-sale-id", "s".repeat(1_025).try_into().unwrap())
+                    }
+                    Tamper::NonAscii => headers.insert(
+                        "flashsale-sale-id",
+                        tonic::metadata::MetadataValue::try_from("caf\u{e9}".as_bytes()).unwrap(),
+                    ),
+                    Tamper::ForgedForwardedFor => headers.insert(
+                        "x-forwarded-for",
+                        format!("198.51.100.{}", rng.random::<u8>())
+                            .try_into()
+                            .unwrap(),
+                    ),
+                    Tamper::Missing => {
+                        bearer = None;
+                        None
+                    }
+                    Tamper::ForgedToken => {
+                        bearer =
+                            bearer.map(|_| forger.token(&victim, false, Duration::from_secs(600)));
+                        None
+                    }
+                    Tamper::OversizedToken => {
+                        bearer = bearer.map(|_| "x".repeat(5_000));
+                        None
+                    }
+                    Tamper::NonAsciiToken => None,
+                };
+            }
+            if tampers.contains(&Tamper::NonAsciiToken) {
+                let value = tonic::metadata::MetadataValue::try_from("Bearer caf\u{e9}".as_bytes());
+                headers.insert("authorization", value.unwrap());
+            } else if let Some(bearer) = bearer {
+                headers.insert("authorization", flashsale_gateway::auth::bearer(&bearer));
+            }
+            eligible += usize::from(!tampers.iter().any(|t| t.disowns()));
+            match client.purchase(call).await {
+                Ok(_) => through += 1,
+                Err(status) => assert!(
+                    matches!(
+                        status.code(),
+                        tonic::Code::ResourceExhausted
+                            | tonic::Code::InvalidArgument
+                            | tonic::Code::Unauthenticated
+                    ),
+                    "seed {seed}, {tampers:?}: {status:?}"
+                ),
+            }
+        }
+        assert!(through <= 5, "seed {seed}: {through} of 10 through");
+        assert_eq!(through, eligible.min(5), "seed {seed}, round {round}");
+        for i in 0..5 {
+            let answer = client
+                .purchase(authorized(
+                    pb::PurchaseRequest {
+                        sale_id: sale.sale_id.clone(),
+                        quantity: 1,
+                        idempotency_key: format!("{victim}-{i}"),
+                        purchase_token: String::new(),
+                    },
+                    &token(&victim),
+                ))
+                .await;
+            assert!(
+                answer.is_ok(),
+                "seed {seed}: {victim}'s call {i}: {answer:?}"
+            );
+        }
     }
 }
