@@ -46,7 +46,7 @@ async fn limiter(config: &MeshConfig, shutdown: &Shutdown) -> Result<flashsale_l
     let limiter = flashsale_limiter::Limiter::new(&config.limiter, Some(&config.redis))
         .await
         .context("starting the limiter")?;
-    tokio::spawn(limiter.clone().watch(shutdown.child()));
+    shutdown.spawn(limiter.clone().watch(shutdown.child()));
     Ok(limiter)
 }
 
@@ -80,6 +80,13 @@ pub(crate) async fn run_sidecar(
         config.server.shutdown_grace,
     )
     .await?;
+    // Its rules watcher and metrics endpoint end with the trigger.
+    drain(
+        shutdown.tasks_done(),
+        shutdown,
+        config.server.shutdown_grace,
+    )
+    .await;
     Ok(())
 }
 
@@ -113,7 +120,7 @@ async fn pipeline(
 
 async fn orders(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer> {
     let (pipeline, _) = pipeline(config, "orders").await?;
-    tokio::spawn(flashsale_orders::lifecycle::run(
+    shutdown.spawn(flashsale_orders::lifecycle::run(
         pipeline.clone(),
         config.orders.lifecycle_interval,
         config.orders.lifecycle_batch,
@@ -129,14 +136,15 @@ async fn order_consumer(config: &MeshConfig, shutdown: &Shutdown) -> Result<Grpc
     let consumer =
         flashsale_orders::consumer::Consumer::new(js.clone(), config.orders.clone(), pipeline);
     let stop = shutdown.child();
-    tokio::spawn(async move {
+    // Tracked: on SIGTERM the process waits for the batch in hand (see `run`).
+    shutdown.spawn(async move {
         if let Err(e) = consumer.run(stop).await {
             tracing::error!(error = %e, "order consumer stopped");
         }
     });
     let stream = config.orders.stream.clone();
     let stop = shutdown.child();
-    tokio::spawn(async move {
+    shutdown.spawn(async move {
         // The advisory watcher needs the stream; the consumer creates it.
         loop {
             match flashsale_orders::stream::watch_max_deliveries(
@@ -185,7 +193,7 @@ async fn gateway(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServer>
         config.orders.stream.clone(),
         shutdown.child(),
     );
-    tokio::spawn(async move {
+    shutdown.spawn(async move {
         let mut retry = flashsale_runtime::backoff::Backoff::new(
             std::time::Duration::from_millis(200),
             std::time::Duration::from_secs(5),
@@ -239,7 +247,7 @@ async fn inventory(config: &MeshConfig, shutdown: &Shutdown) -> Result<GrpcServe
     let inventory = Inventory::connect(&config.redis, Some(signals))
         .await
         .context("connecting to Redis")?;
-    tokio::spawn(sweeper::run(
+    shutdown.spawn(sweeper::run(
         inventory.clone(),
         sweeper::SweepConfig {
             interval: config.inventory.sweep_interval,
@@ -282,7 +290,7 @@ pub(crate) async fn run(args: ServeArgs, config: MeshConfig) -> Result<()> {
         let metrics = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        tokio::spawn(flashsale_runtime::telemetry::serve_metrics(
+        shutdown.spawn(flashsale_runtime::telemetry::serve_metrics(
             metrics,
             shutdown.wait(),
         ));
@@ -295,14 +303,19 @@ pub(crate) async fn run(args: ServeArgs, config: MeshConfig) -> Result<()> {
         let health = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot answer health checks on {addr}"))?;
-        tokio::spawn(server.health_only().serve(health, shutdown.wait()));
+        shutdown.spawn(server.health_only().serve(health, shutdown.wait()));
     }
-    let (_, served) = drain(
-        server.serve(listener, shutdown.wait()),
-        &shutdown,
-        config.server.shutdown_grace,
-    )
-    .await;
+    // The server drains its calls, then every tracked task finishes what it has in hand (the
+    // consumer its batch), all within the grace.
+    let work = async {
+        let served = server.serve(listener, shutdown.wait()).await;
+        if served.is_err() {
+            shutdown.trigger();
+        }
+        shutdown.tasks_done().await;
+        served
+    };
+    let (_, served) = drain(work, &shutdown, config.server.shutdown_grace).await;
     if let Some(result) = served {
         result?;
     }

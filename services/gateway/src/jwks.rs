@@ -157,7 +157,7 @@ impl Jwks {
             source,
             alg,
         });
-        tokio::spawn(
+        shutdown.spawn(
             jwks.clone()
                 .keep_fresh(config.jwks_refresh, shutdown.child()),
         );

@@ -223,7 +223,7 @@ impl Gateway {
             flashsale_proto::time::now_ms(),
         )?;
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(
+        self.inner.shutdown.spawn(
             self.clone()
                 .follow(caller.clone(), request, number, first, tx),
         );
@@ -333,7 +333,9 @@ impl Gateway {
         }
         let (tx, rx) = watch::channel(Reading::default());
         views.insert(sale_id.to_owned(), tx.clone());
-        tokio::spawn(self.clone().read_room(sale_id.to_owned(), tx));
+        self.inner
+            .shutdown
+            .spawn(self.clone().read_room(sale_id.to_owned(), tx));
         rx
     }
 

@@ -2,16 +2,21 @@
 //!
 //! [`Shutdown`] is a cheap-to-clone handle that components wait on. [`Shutdown::on_signals`]
 //! triggers it on the first SIGTERM or SIGINT; a second signal exits the process immediately
-//! with status 130. [`drain`] bounds the time a component may take to finish after the trigger.
+//! with status 130. Background work is started with [`Shutdown::spawn`], which tracks it, and
+//! [`Shutdown::tasks_done`] waits for all of it (children's included); [`drain`] bounds the time
+//! a component may take to finish after the trigger.
 
 use std::{future::Future, time::Duration};
 
-use tokio_util::sync::CancellationToken;
+use tokio::task::JoinHandle;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-/// A shutdown trigger that many tasks can wait on.
+/// A shutdown trigger that many tasks can wait on, and the background tasks that must finish
+/// before the process exits.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     token: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Shutdown {
@@ -61,11 +66,30 @@ impl Shutdown {
         self.token.clone().cancelled_owned()
     }
 
-    /// A child trigger: pulled when this one is, and can also be pulled on its own.
+    /// A child trigger: pulled when this one is, and can also be pulled on its own. Tasks it
+    /// spawns are tracked with this one's.
     pub fn child(&self) -> Self {
         Self {
             token: self.token.child_token(),
+            tasks: self.tasks.clone(),
         }
+    }
+
+    /// Runs `task` in the background, tracked: [`Self::tasks_done`] waits for it. A task must
+    /// end by itself once the trigger is pulled (it waits on [`Self::wait`] or a child).
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
+
+    /// Resolves when every task spawned through this trigger and its children has ended; no
+    /// task may be spawned after it is called. Bound it with [`drain`].
+    pub async fn tasks_done(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -135,6 +159,24 @@ mod tests {
         .await;
         assert_eq!((drained, out), (Drained::TimedOut, None));
         assert_eq!(started.elapsed(), Duration::from_secs(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tasks_done_waits_for_every_tracked_task_of_every_child() {
+        let shutdown = Shutdown::new();
+        let child = shutdown.child();
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mark = finished.clone();
+        let stop = child.clone();
+        child.spawn(async move {
+            stop.wait().await;
+            // Finishing what is in hand takes a while after the trigger.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            mark.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        shutdown.trigger();
+        shutdown.tasks_done().await;
+        assert!(finished.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[tokio::test]

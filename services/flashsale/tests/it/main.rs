@@ -5,6 +5,7 @@ mod bench;
 mod chaos;
 mod config;
 mod deploy;
+mod drain;
 
 mod e2e;
 mod edge;

@@ -413,12 +413,26 @@ upstream = "http://127.0.0.1:{gw}"
         component: &'static str,
         limit: Duration,
     ) -> Option<std::process::ExitStatus> {
+        self.signal_term(component);
+        self.exited(component, limit).await
+    }
+
+    /// SIGTERMs one component without waiting for it (see [`Self::exited`]).
+    pub(crate) fn signal_term(&self, component: &'static str) {
+        self.process(component).terminate();
+    }
+
+    /// Waits (up to `limit`) for one component to exit, and forgets it.
+    pub(crate) async fn exited(
+        &mut self,
+        component: &'static str,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let i = self
             .processes
             .iter()
             .position(|(name, _)| *name == component)?;
         let (_, mut process) = self.processes.remove(i);
-        process.terminate();
         tokio::task::spawn_blocking(move || process.wait_exit(limit))
             .await
             .unwrap()
