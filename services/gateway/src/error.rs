@@ -90,9 +90,10 @@ pub enum Error {
     /// Reconcile --repair gave up: the sale's orders kept changing under every rebuild.
     #[error("sale {0}: orders kept changing during the repair; retry")]
     RepairUnsettled(String),
-    /// Postgres failed.
-    #[error("postgres: {0}")]
-    Database(String),
+    /// The order pipeline failed (Postgres, NATS, the inventory, an order's state): reported
+    /// with its own code and reason.
+    #[error(transparent)]
+    Orders(flashsale_orders::Error),
     /// The sale has no waiting room (or this gateway has no key to sign for one: it verifies
     /// RS256/ES256 tokens and `waiting_room_secret` is empty).
     #[error("sale {0} has no waiting room")]
@@ -111,6 +112,9 @@ pub enum Error {
     /// The gateway is misconfigured.
     #[error("configuration: {0}")]
     Config(String),
+    /// Something failed that no other variant foresees.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -134,7 +138,7 @@ impl From<flashsale_orders::Error> for Error {
             flashsale_orders::Error::SaleExists(id) => Self::SaleExists(id),
             flashsale_orders::Error::OrderNotFound(id) => Self::OrderNotFound(id),
             flashsale_orders::Error::InvalidId(e) => Self::InvalidId(e),
-            other => Self::Database(other.to_string()),
+            other => Self::Orders(other),
         }
     }
 }
@@ -167,11 +171,10 @@ impl IntoStatus for Error {
                     R::Redis(_) => Code::Unavailable,
                 }
             }
-            Self::QueueUnavailable(_) | Self::Database(_) | Self::StockUnavailable(_) => {
-                Code::Unavailable
-            }
+            Self::QueueUnavailable(_) | Self::StockUnavailable(_) => Code::Unavailable,
+            Self::Orders(e) => e.code(),
             Self::Upstream(status) => status.code(),
-            Self::Config(_) => Code::Internal,
+            Self::Config(_) | Self::Internal(_) => Code::Internal,
         }
     }
 
@@ -194,7 +197,7 @@ impl IntoStatus for Error {
             Self::StreamNotDrained { .. } => "STREAM_NOT_DRAINED",
             Self::SaleActive(_) => "SALE_ACTIVE",
             Self::RepairUnsettled(_) => "REPAIR_UNSETTLED",
-            Self::Database(_) => "POSTGRES_UNAVAILABLE",
+            Self::Orders(e) => e.reason(),
             Self::NoWaitingRoom(_) => "NO_WAITING_ROOM",
             Self::PurchaseTokenRequired(_) => "PURCHASE_TOKEN_REQUIRED",
             Self::Queue(e) => {
@@ -217,6 +220,7 @@ impl IntoStatus for Error {
                 _ => "UPSTREAM_ERROR",
             },
             Self::Config(_) => "MISCONFIGURED",
+            Self::Internal(_) => "INTERNAL",
         }
     }
 
@@ -226,12 +230,12 @@ impl IntoStatus for Error {
             Self::Overloaded(_)
             | Self::QueueUnavailable(_)
             | Self::StockUnavailable(_)
-            | Self::Database(_)
             | Self::StreamNotDrained { .. }
             | Self::RepairUnsettled(_) => Some(Duration::from_secs(1)),
             Self::Queue(flashsale_limiter::waiting_room::RoomError::Redis(_)) => {
                 Some(Duration::from_secs(1))
             }
+            Self::Orders(e) => e.retry_after(),
             _ => None,
         }
     }
@@ -247,6 +251,7 @@ impl IntoStatus for Error {
             | Self::Overloaded(sale_id) => {
                 vec![("sale_id", sale_id.clone())]
             }
+            Self::Orders(e) => e.details(),
             _ => Vec::new(),
         }
     }
@@ -258,6 +263,70 @@ impl From<Error> for tonic::Status {
             // Keep the upstream's own reason and details.
             Error::Upstream(status) => status,
             other => flashsale_runtime::to_status(&other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flashsale_runtime::status::{reason_of, to_status};
+    use tonic::Code;
+
+    use super::*;
+
+    /// An orders-crate error keeps the code and reason it has in its own crate: a NATS, an
+    /// inventory or a state failure is not reported as Postgres being down.
+    #[test]
+    fn an_orders_error_keeps_its_own_code_and_reason() {
+        use flashsale_orders::Error as E;
+        let cases = [
+            (
+                E::Nats("no route".into()),
+                Code::Unavailable,
+                "NATS_UNAVAILABLE",
+            ),
+            (
+                E::Inventory(tonic::Status::unavailable("gone")),
+                Code::Unavailable,
+                "INVENTORY_UNAVAILABLE",
+            ),
+            (
+                E::Conflict {
+                    order_id: "o".into(),
+                    status: "PAID",
+                    reason: "ORDER_PAID",
+                },
+                Code::FailedPrecondition,
+                "ORDER_PAID",
+            ),
+            (
+                E::NotReady("o".into()),
+                Code::Unavailable,
+                "ORDER_NOT_READY",
+            ),
+            (
+                E::InvalidArgument {
+                    field: "page_size",
+                    reason: "too big".into(),
+                },
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                E::SaleNotFound("s".into()),
+                Code::NotFound,
+                "SALE_NOT_FOUND",
+            ),
+        ];
+        for (source, code, reason) in cases {
+            let text = source.to_string();
+            let status = to_status(&Error::from(source));
+            assert_eq!(
+                (status.code(), reason_of(&status).as_deref()),
+                (code, Some(reason)),
+                "{text}"
+            );
+            assert!(status.message().contains(&text), "{status:?}");
         }
     }
 }

@@ -432,21 +432,11 @@ impl Gateway {
         let ready = admission
             .ready()
             .await
-            .map_err(|e| self.unbox(e, &request.sale_id))?;
+            .map_err(|e| unbox(e, &request.sale_id))?;
         ready
             .call(job)
             .await
-            .map_err(|e| self.unbox(e, &request.sale_id))
-    }
-
-    fn unbox(&self, error: BoxError, sale_id: &str) -> Error {
-        if error.is::<tower::load_shed::error::Overloaded>() {
-            return Error::Overloaded(sale_id.to_owned());
-        }
-        match error.downcast::<Error>() {
-            Ok(e) => *e,
-            Err(other) => Error::Config(other.to_string()),
-        }
+            .map_err(|e| unbox(e, &request.sale_id))
     }
 
     /// Reserve, publish, mark queued, answer (see the module docs). The buyer hears
@@ -815,5 +805,41 @@ fn order_event(
         requested_at: Some(timestamp(created_ms(reservation))),
         pay_deadline: accepted.pay_deadline,
         idempotency_key: reservation.idempotency_key.clone(),
+    }
+}
+
+/// The gateway's error inside an admission stack's box: shed load, or what the purchase failed
+/// with.
+fn unbox(error: BoxError, sale_id: &str) -> Error {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        return Error::Overloaded(sale_id.to_owned());
+    }
+    match error.downcast::<Error>() {
+        Ok(e) => *e,
+        Err(other) => Error::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flashsale_runtime::status::{IntoStatus, to_status};
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn an_unexpected_error_in_the_admission_stack_is_internal_not_a_misconfiguration() {
+        let shed: BoxError = Box::new(tower::load_shed::error::Overloaded::new());
+        assert_eq!(unbox(shed, "s").reason(), "OVERLOADED");
+        let ours: BoxError = Box::new(Error::NotActive("s".into()));
+        assert_eq!(unbox(ours, "s").reason(), "SALE_NOT_ACTIVE");
+        let stranger: BoxError = Box::new(std::io::Error::other("a layer's own failure"));
+        let status = to_status(&unbox(stranger, "s"));
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(
+            flashsale_runtime::status::reason_of(&status).as_deref(),
+            Some("INTERNAL")
+        );
+        assert!(status.message().contains("a layer's own failure"));
     }
 }
