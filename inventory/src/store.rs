@@ -7,7 +7,6 @@ use fred::{
     prelude::*,
     types::{Value, scripts::Script},
 };
-use secrecy::ExposeSecret;
 
 use crate::{
     Error,
@@ -111,33 +110,8 @@ impl Inventory {
         config: &flashsale_runtime::config::RedisConfig,
         signals: Option<Signals>,
     ) -> Result<Self, Error> {
-        let redis_config = Config::from_url(config.url.expose_secret())?;
         let timeout = config.command_timeout;
-        let pool = Builder::from_config(redis_config)
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout.max(Duration::from_millis(250));
-                c.internal_command_timeout = timeout.max(Duration::from_millis(250));
-                // Never re-sent by the client: a script that ran and lost its reply (the
-                // connection dropped) would run twice, and Reserve without an idempotency
-                // key, or Give, is not safe to repeat. The caller hears an error; retries
-                // are the caller's, with an idempotency key.
-                c.max_command_attempts = 1;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..Default::default()
-                };
-            })
-            .with_performance_config(|p| p.default_command_timeout = timeout)
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-            .build_pool(config.pool_size)?;
-        pool.connect();
-        match tokio::time::timeout(Duration::from_secs(2), pool.wait_for_connect()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "redis not reachable yet; retrying in the background")
-            }
-            Err(_) => tracing::warn!("redis not reachable yet; retrying in the background"),
-        }
+        let pool = flashsale_runtime::redis::pool(config, timeout).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 redis: pool,

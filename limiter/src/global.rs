@@ -12,7 +12,6 @@ use fred::{
     prelude::*,
     types::{Value, scripts::Script},
 };
-use secrecy::ExposeSecret;
 
 use crate::rules::{Algorithm, RateLimit};
 
@@ -72,23 +71,9 @@ impl GlobalLimits {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, RedisError> {
-        let redis_config =
-            Config::from_url(config.url.expose_secret()).map_err(|e| RedisError(e.to_string()))?;
-        let pool = Builder::from_config(redis_config)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_millis(500);
-                c.max_command_attempts = 1;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..Default::default()
-                };
-            })
-            .with_performance_config(|p| p.default_command_timeout = timeout)
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
-            .build_pool(config.pool_size)
+        let pool = flashsale_runtime::redis::pool(config, timeout)
+            .await
             .map_err(|e| RedisError(e.to_string()))?;
-        pool.connect();
-        let _ = tokio::time::timeout(Duration::from_secs(2), pool.wait_for_connect()).await;
         Ok(Self {
             redis: pool,
             script: std::sync::Arc::new(Script::from_lua(include_str!("../lua/limit.lua"))),

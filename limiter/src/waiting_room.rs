@@ -215,19 +215,9 @@ impl WaitingRoom {
                 "the signing secret needs 16 bytes or more",
             ));
         }
-        let redis = Config::from_url(config.url.expose_secret())
-            .and_then(|c| {
-                Builder::from_config(c)
-                    .with_performance_config(|p| p.default_command_timeout = config.command_timeout)
-                    // A room script that ran but lost its reply is never sent again by the
-                    // client (a spent token would be spent twice): the caller hears an error.
-                    .with_connection_config(|c| c.max_command_attempts = 1)
-                    .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-                    .build_pool(config.pool_size)
-            })
+        let redis = flashsale_runtime::redis::pool(config, config.command_timeout)
+            .await
             .map_err(|e| RoomError::Redis(e.to_string()))?;
-        redis.connect();
-        let _ = tokio::time::timeout(Duration::from_secs(2), redis.wait_for_connect()).await;
         Ok(Self {
             redis,
             script: std::sync::Arc::new(Script::from_lua(include_str!("../lua/room.lua"))),

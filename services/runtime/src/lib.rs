@@ -6,6 +6,7 @@
 //! - [`backoff`]: the one exponential backoff every retry loop paces itself with.
 //! - [`client`]: channels to backends that balance over every address a name resolves to.
 //! - [`nats`]: connecting to NATS with the configured credentials.
+//! - [`redis`]: the one Redis pool builder, with the one retry policy.
 //! - [`telemetry`]: logging set up once per process, with a guard that flushes on drop.
 //! - [`server`]: a gRPC server with `grpc.health.v1` and reflection, serving on a listener the
 //!   caller bound and draining on a shutdown future.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod config;
 
 pub mod nats;
+pub mod redis;
 pub mod server;
 pub mod shutdown;
 pub mod status;
