@@ -39,21 +39,17 @@ impl Tools {
 }
 
 fn find(tool: &'static str, dirs: &[PathBuf]) -> Result<PathBuf, Error> {
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let search = std::env::join_paths(dirs.iter().cloned().chain(std::env::split_paths(&path)))
         .unwrap_or_default();
-    dirs.iter()
-        .chain(path_dirs.iter())
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| Error::MissingTool {
-            tool,
-            searched: dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    which::which_in(tool, Some(search), ".").map_err(|_| Error::MissingTool {
+        tool,
+        searched: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }
 
 /// Runs `command` to completion, capturing its output. Exit status is the caller's to judge.

@@ -116,18 +116,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// Finds an executable by name on `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|candidate| is_executable(candidate))
-    })
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    which::which(name).ok()
 }
 
 /// A random lowercase name, for databases, streams and key prefixes.

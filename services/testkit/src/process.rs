@@ -175,30 +175,22 @@ fn signal_tree(root: i32, signal: Signal) -> nix::Result<()> {
     result
 }
 
-/// The state letter of a process (`R`, `S`, `T` stopped, ...), from `/proc/<pid>/stat`.
+/// The state letter of a process (`R`, `S`, `T` stopped, ...).
 fn process_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|stat| stat.state)
 }
 
-/// The pids whose parent is `parent`, from `/proc/*/stat`.
+/// The pids whose parent is `parent`.
 fn children_of(parent: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // The command name is in parentheses and may hold spaces: skip past it.
-                    let after = &stat[stat.rfind(')')? + 2..];
-                    after.split(' ').nth(1)?.parse::<i32>().ok()
-                })
-                == Some(parent)
-        })
+    all.filter_map(|p| p.ok()?.stat().ok())
+        .filter(|stat| stat.ppid == parent)
+        .map(|stat| stat.pid)
         .collect()
 }
 

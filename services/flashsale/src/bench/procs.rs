@@ -1,4 +1,4 @@
-//! CPU time and memory of the service processes, read from `/proc`.
+//! CPU time and memory of the service processes, read from `/proc` (`procfs`).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -13,34 +13,16 @@ pub(crate) struct Usage {
     pub(crate) peak_rss: u64,
 }
 
-fn ticks_per_second() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map_or(100, |t| t as u64)
-}
-
 /// The usage of process `pid`, or `None` when it is gone.
 pub(crate) fn usage(pid: u32) -> Option<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
-    // After the command: state is field 3, utime 14, stime 15 (1-based in proc(5)).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    let stat = process.stat().ok()?;
+    let status = process.status().ok()?;
+    let ticks = procfs::ticks_per_second().max(1);
     Some(Usage {
-        cpu: Duration::from_secs_f64((utime + stime) as f64 / ticks_per_second() as f64),
-        rss: kb("VmRSS:"),
-        peak_rss: kb("VmHWM:"),
+        cpu: Duration::from_secs_f64((stat.utime + stat.stime) as f64 / ticks as f64),
+        rss: status.vmrss.unwrap_or(0) * 1024,
+        peak_rss: status.vmhwm.unwrap_or(0) * 1024,
     })
 }
 
