@@ -330,14 +330,47 @@ pub(crate) enum ConfigCommand {
     Check,
 }
 
+/// What `flashsale bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchScenario {
+    /// 1,000 units, 10,000 buyers, 50,000 attempts.
+    Quick,
+    /// 10,000 units, 200,000 buyers, 1,000,000 attempts.
+    Standard,
+    /// One item's reservations on a Redis Cluster, 1 vs 8 stock buckets.
+    HotItem,
+}
+
+impl std::fmt::Display for BenchScenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = self.to_possible_value().expect("every scenario has a name");
+        f.write_str(value.get_name())
+    }
+}
+
+/// A baseline `flashsale bench` measures, or all or none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BaselineChoice {
+    /// Every baseline.
+    All,
+    /// None.
+    None,
+    /// A gRPC server that answers at once: the transport's ceiling.
+    Echo,
+    /// One Postgres transaction per purchase: the naive design.
+    NaivePostgres,
+    /// The Reserve script called directly on Redis.
+    RedisScript,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     /// `quick` (1,000 units, 10,000 buyers, 50,000 attempts), `standard` (10,000 units,
     /// 200,000 buyers, 1,000,000 attempts), or `hot-item` (one item's reservations on a
     /// 3-master Redis Cluster with 1 vs 8 stock buckets: `--stock` units per sale, default
     /// 50,000; `--attempts` more after the sell-out, default 20,000; `--rounds` of each).
-    #[arg(long, default_value = "quick")]
-    pub(crate) scenario: String,
+    #[arg(long, value_enum, default_value_t = BenchScenario::Quick)]
+    pub(crate) scenario: BenchScenario,
 
     /// Units for sale (overrides the scenario).
     #[arg(long)]
@@ -365,8 +398,8 @@ pub(crate) struct BenchArgs {
     pub(crate) rate: Option<f64>,
 
     /// Open-loop arrival shape: steady, all-at-once, ramp:DURATION, bursts:EVERY/LASTING.
-    #[arg(long, default_value = "steady")]
-    pub(crate) arrival: String,
+    #[arg(long, default_value = "steady", value_parser = crate::bench::parse_arrival)]
+    pub(crate) arrival: flashsale_loadgen::Arrival,
 
     /// Share of attempts that reuse the buyer's previous idempotency key.
     #[arg(long, default_value_t = 0.1)]
@@ -381,8 +414,8 @@ pub(crate) struct BenchArgs {
     pub(crate) pay_ratio: f64,
 
     /// Baselines to measure: all, none, or a comma list of echo, naive-postgres, redis-script.
-    #[arg(long, default_value = "all")]
-    pub(crate) baseline: String,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub(crate) baseline: Vec<BaselineChoice>,
 
     /// Length of the open-loop run at half the peak rate (0s skips it).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]

@@ -35,7 +35,10 @@ use flashsale_testkit::{NatsServer, PostgresServer, RedisServer, free_port};
 use secrecy::ExposeSecret;
 use tonic::transport::Channel;
 
-use crate::{cli::BenchArgs, config::MeshConfig};
+use crate::{
+    cli::{BaselineChoice, BenchArgs, BenchScenario},
+    config::MeshConfig,
+};
 use report::{Series, StockSample, human};
 
 /// The secret the benchmark's own mesh signs tokens with.
@@ -327,7 +330,24 @@ async fn drive_with_bar(
     report
 }
 
-fn parse_arrival(text: &str) -> Result<Arrival> {
+/// The baselines a `--baseline` list names (`all` and `none` expanded).
+fn chosen(list: &[BaselineChoice]) -> Vec<BaselineChoice> {
+    use BaselineChoice as B;
+    if list.contains(&B::None) {
+        return Vec::new();
+    }
+    if list.contains(&B::All) {
+        return vec![B::Echo, B::NaivePostgres, B::RedisScript];
+    }
+    list.to_vec()
+}
+
+/// `--arrival`: steady, all-at-once, ramp:DURATION or bursts:EVERY/LASTING.
+pub(crate) fn parse_arrival(text: &str) -> Result<Arrival, String> {
+    arrival(text).map_err(|e| e.to_string())
+}
+
+fn arrival(text: &str) -> Result<Arrival> {
     Ok(match text.split_once(':') {
         None if text == "steady" => Arrival::Steady,
         None if text == "all-at-once" => Arrival::AllAtOnce,
@@ -347,13 +367,10 @@ fn parse_arrival(text: &str) -> Result<Arrival> {
 
 /// `flashsale bench`.
 pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
-    if args.scenario == "hot-item" {
-        return hot_item::run(&args).await;
-    }
-    let (stock, users, attempts) = match args.scenario.as_str() {
-        "standard" => (10_000, 200_000, 1_000_000),
-        "quick" => (1_000, 10_000, 50_000),
-        other => bail!("unknown scenario {other}: quick, standard or hot-item"),
+    let (stock, users, attempts) = match args.scenario {
+        BenchScenario::HotItem => return hot_item::run(&args).await,
+        BenchScenario::Standard => (10_000, 200_000, 1_000_000),
+        BenchScenario::Quick => (1_000, 10_000, 50_000),
     };
     let (stock, users, attempts) = (
         args.stock.unwrap_or(stock),
@@ -368,11 +385,7 @@ pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
         ))
     });
     std::fs::create_dir_all(&out)?;
-    let baselines: Vec<&str> = match args.baseline.as_str() {
-        "all" => vec!["echo", "naive-postgres", "redis-script"],
-        "none" => vec![],
-        list => list.split(',').collect(),
-    };
+    let baselines = chosen(&args.baseline);
 
     println!(
         "flashsale bench: scenario {} — {stock} units, {users} buyers, {attempts} attempts",
@@ -406,7 +419,7 @@ pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
     let load = match args.rate {
         Some(rate) => Load::Open {
             rate,
-            arrival: parse_arrival(&args.arrival)?,
+            arrival: args.arrival,
             max_in_flight: args.concurrency.max(1) * 8,
         },
         None => Load::Closed {
@@ -537,7 +550,7 @@ pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
 
     // Baselines, same machine, same run.
     let mut ratios = Vec::new();
-    if baselines.contains(&"echo") {
+    if baselines.contains(&BaselineChoice::Echo) {
         let (addr, _stop) = baselines::echo().await?;
         let echo_attempts = attempts.min(200_000);
         let echo_scenario = Scenario {
@@ -572,7 +585,7 @@ pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
             report.attempts_per_second() / echo_rps
         ));
     }
-    if baselines.contains(&"redis-script") {
+    if baselines.contains(&BaselineChoice::RedisScript) {
         let redis = flashsale_runtime::config::RedisConfig {
             url: mesh.config.redis.url.expose_secret().to_owned().into(),
             command_timeout: Duration::from_secs(10),
@@ -590,7 +603,7 @@ pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
             accepted_per_second / rate
         ));
     }
-    if baselines.contains(&"naive-postgres") {
+    if baselines.contains(&BaselineChoice::NaivePostgres) {
         let naive_sale = format!("naive-{}", sale.sale_id);
         let (addr, _stop) =
             baselines::naive_postgres(store.db().clone(), &naive_sale, stock).await?;
