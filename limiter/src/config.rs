@@ -116,7 +116,10 @@ impl Default for SidecarConfig {
                 vec![Source::Ip],
                 vec![Source::Sale],
             ],
-            exempt: vec!["/grpc.health.v1.Health/".into(), "/grpc.reflection.".into()],
+            exempt: vec![
+                flashsale_runtime::server::HEALTH_PATH_PREFIX.into(),
+                flashsale_runtime::server::REFLECTION_PATH_PREFIX.into(),
+            ],
             xff_num_trusted_hops: 0,
         }
     }

@@ -251,6 +251,13 @@ pub struct GrpcRoutes {
     pub health: HealthReporter,
 }
 
+/// The path prefix of every `grpc.health.v1` call: what probes ask, answered to anyone and never
+/// traced or rate-limited.
+pub const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// The path prefix of every reflection call.
+pub const REFLECTION_PATH_PREFIX: &str = "/grpc.reflection.";
+
 /// The reflection service's own name, listed beside the hosted services.
 const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
 

@@ -208,7 +208,10 @@ where
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs)
             .is_some_and(|certs| !certs.is_empty());
-        let health = request.uri().path().starts_with("/grpc.health.v1.Health/");
+        let health = request
+            .uri()
+            .path()
+            .starts_with(crate::server::HEALTH_PATH_PREFIX);
         if !self.enabled || certified || health {
             return Either::Left(self.inner.call(request));
         }

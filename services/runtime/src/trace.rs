@@ -96,7 +96,8 @@ fn rpc_names(path: &str) -> (&str, &str) {
 
 /// Paths that get no span of their own (probes would fill traces with noise).
 fn untraced(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+    path.starts_with(crate::server::HEALTH_PATH_PREFIX)
+        || path.starts_with(crate::server::REFLECTION_PATH_PREFIX)
 }
 
 /// A server span per gRPC call, child of the caller's span when the call carries
