@@ -6,6 +6,8 @@
 #   docker build -t registry.example.com/shop/flashsale:0.1.0 .
 #
 # protoc comes from the protoc-bin-vendored crate, so the build stage needs nothing but Rust.
+# The image is the production build: no `local` feature, so no `up`, no `bench`, and no test kit,
+# load generator or plotting linked in.
 
 ARG RUST_VERSION=1.95.0
 
@@ -17,7 +19,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --package flashsale \
+    cargo build --release --locked --package flashsale --no-default-features \
     && install -D --mode=0755 target/release/flashsale /out/flashsale
 
 # glibc and libgcc, no shell, no package manager; runs as uid 65532.

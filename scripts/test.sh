@@ -10,6 +10,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo clippy (the production build: flashsale without the local feature)"
+cargo clippy --package flashsale --no-default-features --locked -- -D warnings
 echo "== cargo deny (licenses, bans, sources)"
 cargo deny --locked check --hide-inclusion-graph licenses bans sources
 if cargo deny fetch >/dev/null 2>&1; then

@@ -10,7 +10,8 @@
 //!
 //! Client code is behind the `client` feature and server code behind `server` (both default).
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC reflection; [`rules`] checks the identifier rules the
-//! protos state.
+//! protos state; [`sale`] holds the limits and derived values the services agree on (stock and
+//! bucket limits, key fingerprints, stock-signal subjects).
 
 #[allow(
     missing_docs,
@@ -25,6 +26,7 @@ mod generated {
 }
 
 pub mod rules;
+pub mod sale;
 pub mod time;
 
 pub use generated::{envoy, flashsale};

@@ -56,6 +56,7 @@ pub(crate) enum Command {
     /// a second exits at once). Every server answers grpc.health.v1 and reflection.
     Serve(ServeArgs),
     /// Start the whole mesh locally on loopback and check every component answers health.
+    #[cfg(feature = "local")]
     Up(UpArgs),
     /// Ask servers for their grpc.health.v1 status; exits 0 only when every one is SERVING
     /// (for `helm test`, container checks and operators).
@@ -66,6 +67,7 @@ pub(crate) enum Command {
     Token(TokenArgs),
     /// Run a whole flash sale under load against a mesh it starts, with baselines measured in
     /// the same run, and write a report (text and HTML with plots).
+    #[cfg(feature = "local")]
     Bench(BenchArgs),
     /// Operate sales on a running gateway (needs an admin token; minted from the configured
     /// secret when none is given).
@@ -120,6 +122,7 @@ pub(crate) enum Component {
 
 impl Component {
     /// Every component, in start-up order.
+    #[cfg(feature = "local")]
     pub(crate) const ALL: [Component; 6] = [
         Component::Inventory,
         Component::Orders,
@@ -142,6 +145,7 @@ impl Component {
     }
 }
 
+#[cfg(feature = "local")]
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
     /// Stop after the demo sale, instead of running until Ctrl-C.
@@ -331,6 +335,7 @@ pub(crate) enum ConfigCommand {
 }
 
 /// What `flashsale bench` runs.
+#[cfg(feature = "local")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BenchScenario {
     /// 1,000 units, 10,000 buyers, 50,000 attempts.
@@ -341,6 +346,7 @@ pub(crate) enum BenchScenario {
     HotItem,
 }
 
+#[cfg(feature = "local")]
 impl std::fmt::Display for BenchScenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let value = self.to_possible_value().expect("every scenario has a name");
@@ -349,6 +355,7 @@ impl std::fmt::Display for BenchScenario {
 }
 
 /// A baseline `flashsale bench` measures, or all or none of them.
+#[cfg(feature = "local")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BaselineChoice {
     /// Every baseline.
@@ -363,6 +370,7 @@ pub(crate) enum BaselineChoice {
     RedisScript,
 }
 
+#[cfg(feature = "local")]
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     /// `quick` (1,000 units, 10,000 buyers, 50,000 attempts), `standard` (10,000 units,

@@ -4,13 +4,15 @@
 //! hands over to the command. Configuration errors print one line naming the key and exit 2.
 
 mod admin;
+#[cfg(feature = "local")]
 mod bench;
 mod cli;
 mod config;
 mod health;
-
+#[cfg(feature = "local")]
 mod local;
 mod serve;
+#[cfg(feature = "local")]
 mod up;
 
 use std::process::ExitCode;
@@ -71,10 +73,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args, config).await,
+            #[cfg(feature = "local")]
             Command::Up(args) => up::run(args, config).await,
             Command::Health(args) => health::run(&args).await,
             Command::Migrate => serve::migrate(config).await,
             Command::Token(args) => admin::token(&args, &config),
+            #[cfg(feature = "local")]
             Command::Bench(args) => Box::pin(bench::run(args, config)).await,
             Command::Sale(command) => admin::sale(command, &config).await,
             Command::Config(_) => Ok(()),

@@ -118,7 +118,7 @@ impl Default for Config {
             max_in_flight_per_sale: 512,
             sale_cache_ttl: Duration::from_secs(5),
             sold_out_ttl: Duration::from_millis(500),
-            signal_prefix: flashsale_inventory::signal::DEFAULT_PREFIX.into(),
+            signal_prefix: flashsale_proto::sale::signal::DEFAULT_PREFIX.into(),
             watch_wait: Duration::from_secs(10),
             queue_watch_interval: Duration::from_millis(200),
             queue_watch_max: Duration::from_secs(60),

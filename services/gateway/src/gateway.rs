@@ -26,7 +26,6 @@ use std::{
 
 use async_nats::jetstream;
 use dashmap::DashMap;
-use flashsale_inventory::SoldOutFlags;
 use flashsale_orders::{OrderStore, config::StreamConfig, entity::sales};
 use flashsale_proto::{
     rules,
@@ -36,7 +35,7 @@ use flashsale_proto::{
 use flashsale_runtime::{tls::MeshTls, trace::TracedChannel};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
-use crate::{Error, auth::Caller, config::Config};
+use crate::{Error, auth::Caller, config::Config, sold_out::SoldOutFlags};
 
 /// What a purchase needs to know of its sale (cached in memory).
 #[derive(Debug, Clone)]
@@ -159,9 +158,10 @@ impl Gateway {
         request_timeout: Duration,
         tls: Option<&MeshTls>,
     ) -> Result<Self, Error> {
-        let sold_out = SoldOutFlags::subscribe(&backends.nats, &config.signal_prefix)
-            .await
-            .map_err(|e| Error::Config(format!("subscribing to sold-out signals: {e}")))?;
+        let sold_out =
+            SoldOutFlags::subscribe(&backends.nats, &config.signal_prefix, &backends.shutdown)
+                .await
+                .map_err(|e| Error::Config(format!("subscribing to sold-out signals: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 inventory: InventoryClient::new(channel(
@@ -268,7 +268,7 @@ impl Gateway {
             return false;
         };
         match self.key_set(sale_id, episode).await {
-            Some(keys) => !keys.contains(&flashsale_inventory::key_fingerprint(user_id, key)),
+            Some(keys) => !keys.contains(&flashsale_proto::sale::key_fingerprint(user_id, key)),
             None => false,
         }
     }

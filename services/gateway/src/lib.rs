@@ -25,6 +25,7 @@ mod jwks;
 mod metrics;
 mod queue;
 pub mod sales;
+mod sold_out;
 
 pub use config::Config;
 pub use error::Error;

@@ -23,7 +23,7 @@ pub const DEFAULT_HOLD: Duration = Duration::from_secs(60);
 /// Default time a buyer has to pay.
 pub const DEFAULT_PAYMENT_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Most units per sale.
-pub const MAX_STOCK: u64 = flashsale_inventory::model::MAX_STOCK;
+pub const MAX_STOCK: u64 = flashsale_proto::sale::MAX_STOCK;
 
 /// A sale's lifecycle state at `now_ms`.
 pub fn state(sale: &sales::Model, now_ms: i64) -> pb::SaleState {
@@ -143,12 +143,12 @@ pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
         return Err(Error::invalid("per_user_limit", "must be within 1..=stock"));
     }
     let buckets = sale.stock_buckets.max(1);
-    if buckets > flashsale_inventory::model::MAX_BUCKETS || u64::from(buckets) > sale.stock {
+    if buckets > flashsale_proto::sale::MAX_BUCKETS || u64::from(buckets) > sale.stock {
         return Err(Error::invalid(
             "stock_buckets",
             format!(
                 "must be within 1..={} and at most the stock",
-                flashsale_inventory::model::MAX_BUCKETS
+                flashsale_proto::sale::MAX_BUCKETS
             ),
         ));
     }

@@ -11,6 +11,7 @@ mod e2e;
 mod edge;
 mod findings;
 mod jwks;
+mod layout;
 mod mesh;
 mod migrate;
 mod observability;

@@ -328,10 +328,9 @@ async fn every_process_serves_metrics_that_move_with_the_sale() {
     }
     // Every series the Grafana dashboard plots is one the services export (counters of rare
     // events appear with their first event).
-    let dashboard = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../helm/flashsale/dashboards/flashsale.json"
-    ))
+    let dashboard = std::fs::read_to_string(
+        flashsale_testkit::workspace_root().join("helm/flashsale/dashboards/flashsale.json"),
+    )
     .unwrap();
     let on_first_event = [
         "flashsale_dead_letters_total",
@@ -363,10 +362,9 @@ async fn every_process_serves_metrics_that_move_with_the_sale() {
         );
     }
     // And every series the autoscalers' Prometheus adapter rules read.
-    let adapter = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../k8s/monitoring/prometheus-adapter.values.yaml"
-    ))
+    let adapter = std::fs::read_to_string(
+        flashsale_testkit::workspace_root().join("k8s/monitoring/prometheus-adapter.values.yaml"),
+    )
     .unwrap();
     let mut series = 0;
     for line in adapter.lines() {

@@ -1,7 +1,7 @@
 //! Inventory: the service that decides stock.
 //!
 //! It owns every sale's stock in Redis, the per-user purchase counts, idempotency keys,
-//! reservations with their expiry, and the sold-out signal gateways cache.
+//! reservations with their expiry, and the sold-out signal gateways follow.
 //!
 //! Each operation is one Lua script (`lua/`), loaded once and called by SHA, over the keys of
 //! one sale; all of them carry the hash tag `{sale_id}`, so every script is single-slot on a
@@ -27,7 +27,7 @@
 //! - [`model`]: domain types ([`SaleSpec`], [`Reservation`], [`Outcome`], ...).
 //! - [`store`]: [`Inventory`], the core over Redis that tests and benchmarks call.
 //! - [`sweeper`]: releases reservations whose hold passed; replicas may run it at once.
-//! - [`signal`]: sold-out signals over NATS and the gateway-side [`SoldOutFlags`].
+//! - [`signal`]: sold-out signals over NATS, which the gateways follow.
 //! - [`grpc`]: the `flashsale.v1.Inventory` server over the core.
 //! - [`config`]: the `[inventory]` configuration section.
 
@@ -47,5 +47,5 @@ pub use model::{
     Audit, CommitOutcome, CommitResult, Outcome, ReleaseReason, Reservation, ReservationState,
     ReserveRequest, Reserved, SalePresence, SaleSpec, StockLevel, Transition, key_fingerprint,
 };
-pub use signal::{Signals, SoldOutFlags};
+pub use signal::Signals;
 pub use store::Inventory;

@@ -4,16 +4,14 @@ use std::time::Duration;
 
 use crate::Error;
 
-/// Most units one sale may have.
-pub const MAX_STOCK: u64 = 10_000_000;
+pub use flashsale_proto::sale::{MAX_BUCKETS, MAX_FINGERPRINTS, MAX_STOCK, key_fingerprint};
+
 /// Shortest reservation hold.
 pub const MIN_HOLD: Duration = Duration::from_secs(1);
 /// Longest reservation hold.
 pub const MAX_HOLD: Duration = Duration::from_secs(3600);
 /// Reservation hold when a sale does not say.
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(60);
-/// Most stock buckets one sale may be split into (see [`crate::buckets`]).
-pub const MAX_BUCKETS: u32 = 64;
 
 /// What the inventory needs to know of a sale.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,22 +102,6 @@ impl ReserveRequest {
         }
         Ok(())
     }
-}
-
-/// Most key fingerprints one call hands out (see [`key_fingerprint`]).
-pub const MAX_FINGERPRINTS: u32 = 1_000_000;
-
-/// The fingerprint of a buyer's idempotency key: the first 8 bytes (big-endian) of SHA-256 over
-/// `user_id`, a zero byte and `key`. Gateways compare fingerprints, not keys, so a sale's whole
-/// set fits in a few bytes per reservation; a collision only sends a buyer to the inventory.
-pub fn key_fingerprint(user_id: &str, key: &str) -> u64 {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(user_id.as_bytes())
-        .chain_update([0u8])
-        .chain_update(key.as_bytes())
-        .finalize();
-    u64::from_be_bytes(digest[..8].try_into().expect("SHA-256 has 32 bytes"))
 }
 
 /// What a Reserve call decided.

@@ -89,12 +89,9 @@ pub enum Error {
     },
 }
 
-/// The repository's root: two levels above this crate.
+/// The repository's root (`flashsale_testkit::workspace_root`, the one place it is found).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
+    flashsale_testkit::workspace_root()
 }
 
 /// Every check the repository's deployment files must pass, one function a check; the test

@@ -1,9 +1,51 @@
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use flashsale_inventory::{Outcome, ReservationState, Signals, SoldOutFlags, sweeper};
+use flashsale_proto::v1::StockSignal;
+use futures::StreamExt;
+use prost::Message;
+
+use flashsale_inventory::{Outcome, ReservationState, Signals, sweeper};
 use flashsale_testkit::NatsServer;
 
 use crate::{assert_consistent, inventory, open_sale, request};
+
+/// The newest stock signal per sale, as published: what a gateway following them would know.
+#[derive(Clone, Default)]
+struct SoldOutFlags(Arc<Mutex<HashMap<String, StockSignal>>>);
+
+impl SoldOutFlags {
+    async fn subscribe(client: &async_nats::Client, prefix: &str) -> Self {
+        let mut signals = client
+            .subscribe(flashsale_proto::sale::signal::every_sale(prefix))
+            .await
+            .unwrap();
+        let flags = Self::default();
+        let feed = flags.clone();
+        tokio::spawn(async move {
+            while let Some(message) = signals.next().await {
+                let signal = StockSignal::decode(message.payload).expect("a StockSignal");
+                let mut newest = feed.0.lock().unwrap();
+                let known = newest.entry(signal.sale_id.clone()).or_default();
+                if signal.sequence >= known.sequence {
+                    *known = signal;
+                }
+            }
+        });
+        flags
+    }
+
+    fn is_sold_out(&self, sale_id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .get(sale_id)
+            .is_some_and(|s| s.sold_out)
+    }
+}
 
 /// An inventory publishing its stock signals on a throwaway NATS, and flags following them as
 /// a gateway's would.
@@ -15,9 +57,7 @@ async fn signalled() -> (
 ) {
     let nats = NatsServer::start().await.unwrap();
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let flags = SoldOutFlags::subscribe(&client, "test.stock")
-        .await
-        .unwrap();
+    let flags = SoldOutFlags::subscribe(&client, "test.stock").await;
     client.flush().await.unwrap();
     let (redis, inv) = inventory(Some(Signals::new(client, "test.stock"))).await;
     (nats, redis, inv, flags)

@@ -1,10 +1,9 @@
-//! The sold-out signal: published on core NATS when a sale's available stock reaches zero and
-//! when it comes back, so gateways can answer "sold out" from memory.
+//! Which sales are sold out, as this gateway knows it: stock signals from the inventory
+//! (`flashsale_proto::sale::signal`), and what the inventory's own answers showed.
 //!
-//! Subject: `<prefix>.<sale_id>` (default prefix `flashsale.stock`), payload a protobuf
-//! [`StockSignal`]. Signals are best-effort (core NATS, no persistence); each carries a
-//! per-sale sequence so a late signal never overrides a newer one, and [`SoldOutFlags`] also
-//! accepts direct observations (e.g. a SOLD_OUT answer from Reserve).
+//! Signals are best-effort; each carries a per-sale sequence so a late one never overrides a
+//! newer one, and [`SoldOutFlags::observe`] takes direct observations (a SOLD_OUT answer from
+//! Reserve, a stock reading).
 
 use std::{
     collections::HashMap,
@@ -14,48 +13,10 @@ use std::{
 use futures::StreamExt;
 use prost::Message;
 
-use flashsale_proto::v1::StockSignal;
+use flashsale_proto::{sale::signal, v1::StockSignal};
+use flashsale_runtime::Shutdown;
 
-/// Default subject prefix of stock signals.
-pub const DEFAULT_PREFIX: &str = "flashsale.stock";
-
-/// Publishes stock signals.
-#[derive(Debug, Clone)]
-pub struct Signals {
-    client: async_nats::Client,
-    prefix: String,
-}
-
-impl Signals {
-    /// Publishes on `<prefix>.<sale_id>`.
-    pub fn new(client: async_nats::Client, prefix: impl Into<String>) -> Self {
-        Self {
-            client,
-            prefix: prefix.into(),
-        }
-    }
-
-    /// Publishes one signal; failures are logged, never returned (the signal is an
-    /// optimisation, stock itself is decided in Redis).
-    pub async fn publish(&self, sale_id: &str, sold_out: bool, available: u64, sequence: u64) {
-        let signal = StockSignal {
-            sale_id: sale_id.to_owned(),
-            sold_out,
-            available,
-            sequence,
-        };
-        let subject = format!("{}.{sale_id}", self.prefix);
-        match self
-            .client
-            .publish(subject, signal.encode_to_vec().into())
-            .await
-        {
-            Ok(()) => tracing::debug!(sale_id, sold_out, available, sequence, "stock signal"),
-            Err(e) => tracing::warn!(sale_id, error = %e, "stock signal not published"),
-        }
-    }
-}
-
+/// One sale's flag.
 #[derive(Debug, Clone, Copy)]
 struct Flag {
     sold_out: bool,
@@ -77,21 +38,32 @@ impl Flag {
 
 /// A gateway's local view of which sales are sold out, fed by stock signals.
 #[derive(Debug, Clone, Default)]
-pub struct SoldOutFlags {
+pub(crate) struct SoldOutFlags {
     flags: Arc<RwLock<HashMap<String, Flag>>>,
 }
 
 impl SoldOutFlags {
-    /// Flags fed by signals under `prefix` until the subscription ends.
-    pub async fn subscribe(
+    /// Flags fed by signals under `prefix` until the subscription ends or `shutdown` fires (the
+    /// follower is one of `shutdown`'s tracked tasks).
+    pub(crate) async fn subscribe(
         client: &async_nats::Client,
         prefix: &str,
+        shutdown: &Shutdown,
     ) -> Result<Self, async_nats::SubscribeError> {
         let flags = Self::default();
-        let mut subscriber = client.subscribe(format!("{prefix}.>")).await?;
+        let mut subscriber = client.subscribe(signal::every_sale(prefix)).await?;
         let feed = flags.clone();
-        tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
+        let stop = shutdown.wait();
+        shutdown.spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                let message = tokio::select! {
+                    () = &mut stop => break,
+                    message = subscriber.next() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                };
                 match StockSignal::decode(message.payload) {
                     Ok(signal) => feed.apply(&signal),
                     Err(e) => {
@@ -104,7 +76,7 @@ impl SoldOutFlags {
     }
 
     /// Applies a signal unless a newer one for the same sale was seen.
-    pub fn apply(&self, signal: &StockSignal) {
+    pub(crate) fn apply(&self, signal: &StockSignal) {
         let mut flags = self.flags.write().unwrap_or_else(|e| e.into_inner());
         let entry = flags.entry(signal.sale_id.clone()).or_insert(Flag {
             sold_out: signal.sold_out,
@@ -123,7 +95,7 @@ impl SoldOutFlags {
     }
 
     /// Records what an answer from the inventory showed (no sequence: it keeps the flag's).
-    pub fn observe(&self, sale_id: &str, sold_out: bool) {
+    pub(crate) fn observe(&self, sale_id: &str, sold_out: bool) {
         let mut flags = self.flags.write().unwrap_or_else(|e| e.into_inner());
         flags
             .entry(sale_id.to_owned())
@@ -138,7 +110,7 @@ impl SoldOutFlags {
     /// While the sale is sold out: which sold-out spell this is (it changes every time the
     /// stock is seen coming back, and with every newer signal, a rebuilt sale's included).
     /// `None` when the sale is not sold out.
-    pub fn sold_out_episode(&self, sale_id: &str) -> Option<u64> {
+    pub(crate) fn sold_out_episode(&self, sale_id: &str) -> Option<u64> {
         self.flags
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -148,7 +120,7 @@ impl SoldOutFlags {
     }
 
     /// True when the sale is known to be sold out.
-    pub fn is_sold_out(&self, sale_id: &str) -> bool {
+    pub(crate) fn is_sold_out(&self, sale_id: &str) -> bool {
         self.flags
             .read()
             .unwrap_or_else(|e| e.into_inner())

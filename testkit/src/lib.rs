@@ -105,13 +105,14 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind((LOOPBACK, 0))?.local_addr()?.port())
 }
 
-/// The workspace root (where `.tools/` lives).
+/// The workspace root (where `Cargo.lock`, `.tools/`, `helm/` and `k8s/` live): the nearest
+/// folder above this crate holding `Cargo.lock`. The one place the repository finds its root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .unwrap_or(here)
+        .to_path_buf()
 }
 
 /// Finds an executable by name on `PATH`.
