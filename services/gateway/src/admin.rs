@@ -35,7 +35,8 @@ impl Gateway {
         refresh_only: bool,
     ) -> Result<pb::LoadSaleResponse, tonic::Status> {
         Ok(self
-            .inner
+            .parts
+            .clients
             .inventory
             .clone()
             .load_sale(pb::LoadSaleRequest {
@@ -46,27 +47,28 @@ impl Gateway {
             .into_inner())
     }
 
-    /// Validates, writes the sale to Postgres (the source of truth) and warms the inventory.
-    pub async fn create_sale(&self, sale: &pb::Sale) -> Result<pb::Sale, Error> {
-        let row = sales::new_sale(sale)?;
+    /// Writes a new sale (validated by [`sales::new_sale`]) to Postgres, the source of truth,
+    /// and warms the inventory.
+    pub async fn create_sale(
+        &self,
+        row: sales_entity::Model,
+    ) -> Result<sales_entity::Model, Error> {
         self.check_room(&row)?;
-        let row = self.inner.store.create_sale(row).await?;
-        let created = sales::sale_pb(&row);
-        self.load_into_inventory(&created, false)
+        let row = self.parts.clients.store.create_sale(row).await?;
+        self.load_into_inventory(&sales::sale_pb(&row), false)
             .await
             .map_err(Error::Upstream)?;
         self.open_room(&row).await?;
         tracing::info!(sale_id = %row.sale_id, stock = row.stock, "sale created");
-        Ok(created)
+        Ok(row)
     }
 
     /// Ends a sale now; its orders keep their lifecycle.
-    pub async fn end_sale(&self, sale_id: &str) -> Result<pb::Sale, Error> {
+    pub async fn end_sale(&self, sale_id: &str) -> Result<sales_entity::Model, Error> {
         rules::sale_id(sale_id)?;
-        let row = self.inner.store.end_sale(sale_id).await?;
+        let row = self.parts.clients.store.end_sale(sale_id).await?;
         self.forget_sale(sale_id);
-        let ended = sales::sale_pb(&row);
-        match self.load_into_inventory(&ended, true).await {
+        match self.load_into_inventory(&sales::sale_pb(&row), true).await {
             Ok(_) => {}
             // Redis lost the sale: it stays out until `Reconcile --repair` rebuilds it, ended,
             // with its orders (the orders whose commits wait for that keep waiting).
@@ -78,7 +80,7 @@ impl Gateway {
             }
             Err(status) => return Err(Error::Upstream(status)),
         }
-        Ok(ended)
+        Ok(row)
     }
 
     /// Stock, this replica's purchase counts, and orders by status.
@@ -86,7 +88,7 @@ impl Gateway {
         rules::sale_id(sale_id)?;
         self.sale(sale_id).await?;
         let stock = self.stock(sale_id).await?;
-        let totals = self.inner.store.sale_totals(sale_id).await?;
+        let totals = self.parts.clients.store.sale_totals(sale_id).await?;
         let counters = self.counters(sale_id);
         Ok(pb::SaleStats {
             sale_id: sale_id.to_owned(),
@@ -107,7 +109,8 @@ impl Gateway {
 
     pub(crate) async fn stock(&self, sale_id: &str) -> Result<Option<pb::StockLevel>, Error> {
         match self
-            .inner
+            .parts
+            .clients
             .inventory
             .clone()
             .get_stock(pb::GetStockRequest {
@@ -130,16 +133,19 @@ impl Gateway {
         repair: bool,
     ) -> Result<pb::ReconcileReport, Error> {
         rules::sale_id(sale_id)?;
-        let sale = self.inner.store.sale(sale_id).await?;
+        let sale = self.parts.clients.store.sale(sale_id).await?;
         let redis = self.stock(sale_id).await?;
-        let totals = self.inner.store.sale_totals(sale_id).await?;
+        let totals = self.parts.clients.store.sale_totals(sale_id).await?;
         let (pg_held, pg_sold) = (
             totals.units(Status::PendingPayment),
             totals.units(Status::Paid),
         );
-        let pending =
-            flashsale_orders::stream::pending(&self.inner.js, &self.inner.stream, Some(sale_id))
-                .await?;
+        let pending = flashsale_orders::stream::pending(
+            &self.parts.clients.js,
+            &self.parts.clients.stream,
+            Some(sale_id),
+        )
+        .await?;
         let mut discrepancies = Vec::new();
         match &redis {
             None => discrepancies
@@ -219,7 +225,7 @@ impl Gateway {
         active: bool,
     ) -> Result<pb::StockLevel, Error> {
         let sale_id = sale.sale_id.as_str();
-        let deadline = Instant::now() + DRAIN_WAIT.min(self.inner.request_timeout / 2);
+        let deadline = Instant::now() + DRAIN_WAIT.min(self.parts.request_timeout / 2);
         let mut last: Option<(Vec<orders::Model>, pb::StockLevel)> = None;
         for _ in 0..REBUILD_ROUNDS {
             let reading = self.read_for_repair(sale_id, deadline).await?;
@@ -260,7 +266,7 @@ impl Gateway {
             None => pb::SalePresence::SaleMissing,
         };
         self.wait_for_drain(sale_id, deadline).await?;
-        let orders = self.inner.store.sale_orders(sale_id).await?;
+        let orders = self.parts.clients.store.sale_orders(sale_id).await?;
         Ok(Reading { seen, orders })
     }
 
@@ -269,8 +275,8 @@ impl Gateway {
     async fn wait_for_drain(&self, sale_id: &str, deadline: Instant) -> Result<(), Error> {
         loop {
             let pending = flashsale_orders::stream::pending(
-                &self.inner.js,
-                &self.inner.stream,
+                &self.parts.clients.js,
+                &self.parts.clients.stream,
                 Some(sale_id),
             )
             .await?;
@@ -301,7 +307,8 @@ impl Gateway {
             );
         }
         let after = self
-            .inner
+            .parts
+            .clients
             .inventory
             .clone()
             .rebuild(pb::RebuildRequest {

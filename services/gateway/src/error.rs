@@ -106,8 +106,10 @@ pub enum Error {
     /// The waiting room refused a ticket or purchase token, or failed.
     #[error("waiting room: {0}")]
     Queue(#[from] flashsale_limiter::waiting_room::RoomError),
-    /// A service behind the gateway answered with an error; passed on as it is.
-    #[error("{0}")]
+    /// A service behind the gateway answered with an error, or could not be reached. Its own
+    /// status is passed on when it carries a reason; one made by the transport (a refused
+    /// connection, a deadline) gets the reason its code implies.
+    #[error("a service behind the gateway: {}", .0.message())]
     Upstream(tonic::Status),
     /// The gateway is misconfigured.
     #[error("configuration: {0}")]
@@ -235,6 +237,11 @@ impl IntoStatus for Error {
             Self::Queue(flashsale_limiter::waiting_room::RoomError::Redis(_)) => {
                 Some(Duration::from_secs(1))
             }
+            Self::Upstream(status)
+                if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) =>
+            {
+                Some(Duration::from_secs(1))
+            }
             Self::Orders(e) => e.retry_after(),
             _ => None,
         }
@@ -260,8 +267,10 @@ impl IntoStatus for Error {
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         match error {
-            // Keep the upstream's own reason and details.
-            Error::Upstream(status) => status,
+            // Keep the upstream's own reason and details, when it gave them.
+            Error::Upstream(status) if flashsale_runtime::status::reason_of(&status).is_some() => {
+                status
+            }
             other => flashsale_runtime::to_status(&other),
         }
     }

@@ -1,10 +1,19 @@
 //! Gateway: the public face of flashsale mesh.
 //!
-//! It owns buyer authentication ([`auth`]: a verified JWT; the buyer is the token's subject),
-//! the purchase path ([`gateway`]: local sold-out flag → per-sale admission with load shedding →
-//! Inventory.Reserve → JetStream publish, releasing the reservation if the publish fails), the
-//! buyer views of sales and orders, and sale administration ([`admin`]: create, end, figures,
-//! and reconciliation of Redis with Postgres and the stream).
+//! A typed core ([`Gateway`], over the types of [`model`]) with a thin gRPC face ([`grpc`],
+//! the only place protobuf requests and answers are converted). The core's files are named by
+//! use case:
+//!
+//! - `purchase.rs`: where a buyer's purchase enters ([`Gateway::purchase`]): local sold-out
+//!   answer → waiting-room token → per-sale admission with load shedding → Inventory.Reserve →
+//!   JetStream publish → Inventory.MarkQueued, releasing the reservation if the publish fails.
+//! - `views.rs`: a sale with its stock, pages of sales, the buyer's own orders.
+//! - `queue.rs`: the waiting room as buyers meet it.
+//! - [`admin`]: create, end, figures, and reconciliation of Redis with Postgres and the stream.
+//! - `sold_out.rs`: which sales are sold out, from the inventory's stock signals.
+//! - [`gateway`]: the parts the use cases share and how they are put together.
+//!
+//! Buyers are authenticated by [`auth`] (a verified JWT; the buyer is the token's subject).
 //!
 //! A sale may have a fair waiting room in front of it (`queue`): JoinQueue, QueueStatus and
 //! WatchQueue over [`flashsale_limiter::waiting_room`] (watchers of a sale share one reading
@@ -12,8 +21,7 @@
 //! gives.
 //!
 //! - [`config`]: the `[gateway]` section.
-//! - [`sales`]: sale validation and conversions.
-//! - [`grpc`]: the `FlashSale` and `SaleAdmin` servers.
+//! - [`sales`]: sale validation, conversions of the `sales` row, and a sale's state.
 
 pub mod admin;
 pub mod auth;
@@ -23,9 +31,12 @@ pub mod gateway;
 pub mod grpc;
 mod jwks;
 mod metrics;
+pub mod model;
+mod purchase;
 mod queue;
 pub mod sales;
 mod sold_out;
+mod views;
 
 pub use config::Config;
 pub use error::Error;

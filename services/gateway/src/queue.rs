@@ -15,9 +15,30 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{Error, Gateway, auth::Caller, sales::room_settings};
 
+/// The waiting rooms as this gateway serves them.
+pub(crate) struct Rooms {
+    /// The rooms (Redis), when this gateway has a key to sign tickets with.
+    room: Option<WaitingRoom>,
+    /// Per sale with buyers watching its room: the latest reading, shared by them.
+    views: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<Reading>>>,
+    /// When a sold-out room was last checked against the inventory, per sale.
+    rechecks: dashmap::DashMap<String, std::time::Instant>,
+}
+
+impl Rooms {
+    pub(crate) fn new(room: Option<WaitingRoom>) -> Self {
+        Self {
+            room,
+            views: std::sync::Mutex::default(),
+            rechecks: dashmap::DashMap::new(),
+        }
+    }
+}
+
 impl Gateway {
     fn room(&self, sale_id: &str) -> Result<&WaitingRoom, Error> {
-        self.inner
+        self.parts
+            .rooms
             .room
             .as_ref()
             .ok_or_else(|| Error::NoWaitingRoom(sale_id.to_owned()))
@@ -47,7 +68,7 @@ impl Gateway {
         if room_settings(sale).is_none() {
             return;
         }
-        if let Some(room) = &self.inner.room
+        if let Some(room) = &self.parts.rooms.room
             && let Err(e) = room.sold_out(&sale.sale_id).await
         {
             tracing::warn!(sale_id = %sale.sale_id, error = %e, "waiting room not told of the sell-out");
@@ -166,7 +187,7 @@ impl Gateway {
             return false;
         }
         let now = std::time::Instant::now();
-        match self.inner.room_rechecks.entry(sale.sale_id.clone()) {
+        match self.parts.rooms.rechecks.entry(sale.sale_id.clone()) {
             dashmap::Entry::Occupied(last)
                 if now.duration_since(*last.get()) < Duration::from_secs(1) =>
             {
@@ -186,7 +207,7 @@ impl Gateway {
         if stock.available == 0 {
             return false;
         }
-        let Some(room) = &self.inner.room else {
+        let Some(room) = &self.parts.rooms.room else {
             return false;
         };
         match room.restock(&sale.sale_id).await {
@@ -223,7 +244,7 @@ impl Gateway {
             flashsale_proto::time::now_ms(),
         )?;
         let (tx, rx) = mpsc::channel(4);
-        self.inner.shutdown.spawn(
+        self.parts.shutdown.spawn(
             self.clone()
                 .follow(caller.clone(), request, number, first, tx),
         );
@@ -238,9 +259,9 @@ impl Gateway {
         first: pb::QueueStanding,
         tx: mpsc::Sender<Result<pb::QueueStanding, Error>>,
     ) {
-        let config = &self.inner.config;
+        let config = &self.parts.config;
         let deadline = tokio::time::Instant::now() + config.queue_watch_max;
-        let shutdown = self.inner.shutdown.wait();
+        let shutdown = self.parts.shutdown.wait();
         tokio::pin!(shutdown);
         // Every send races the shutdown and the deadline: a client that stops reading must
         // not hold the drain up.
@@ -324,8 +345,9 @@ impl Gateway {
     /// the first watcher starts the reading.
     fn room_view(&self, sale_id: &str) -> watch::Receiver<Reading> {
         let mut views = self
-            .inner
-            .room_views
+            .parts
+            .rooms
+            .views
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = views.get(sale_id) {
@@ -333,7 +355,7 @@ impl Gateway {
         }
         let (tx, rx) = watch::channel(Reading::default());
         views.insert(sale_id.to_owned(), tx.clone());
-        self.inner
+        self.parts
             .shutdown
             .spawn(self.clone().read_room(sale_id.to_owned(), tx));
         rx
@@ -342,15 +364,16 @@ impl Gateway {
     /// Reads a sale's room once per `queue_watch_interval` while anyone watches it, and wakes
     /// the watchers every tick, answered or not.
     async fn read_room(self, sale_id: String, tx: watch::Sender<Reading>) {
-        let mut every = tokio::time::interval(self.inner.config.queue_watch_interval);
+        let mut every = tokio::time::interval(self.parts.config.queue_watch_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
             {
                 // Under the lock a new watcher subscribes with, so none is left unserved.
                 let mut views = self
-                    .inner
-                    .room_views
+                    .parts
+                    .rooms
+                    .views
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 if tx.receiver_count() == 0 {
@@ -358,7 +381,7 @@ impl Gateway {
                     return;
                 }
             }
-            let Some(room) = &self.inner.room else {
+            let Some(room) = &self.parts.rooms.room else {
                 return;
             };
             let mut reading = *tx.borrow();
@@ -391,7 +414,7 @@ impl Gateway {
 
 /// A room's reading as a gateway's watchers share it.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Reading {
+struct Reading {
     /// The latest answer, once there is one.
     view: Option<RoomView>,
     /// Since when Redis has not answered.

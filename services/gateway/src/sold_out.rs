@@ -6,15 +6,167 @@
 //! Reserve, a stock reading).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
+    time::Instant,
 };
 
+use dashmap::DashMap;
 use futures::StreamExt;
 use prost::Message;
 
-use flashsale_proto::{sale::signal, v1::StockSignal};
+use flashsale_proto::{
+    sale::{key_fingerprint, signal},
+    v1::{self as pb, StockSignal},
+};
 use flashsale_runtime::Shutdown;
+
+use crate::{Error, Gateway, config::Config};
+
+/// Most key fingerprints a gateway keeps for one sold-out sale (8 bytes each); a sale with
+/// more sends every keyed purchase to the inventory while it is sold out.
+const MAX_KEY_FINGERPRINTS: u32 = 200_000;
+
+/// What a gateway knows of a sold-out sale's idempotency keys (see [`Gateway::sold_out_for`]).
+#[derive(Debug, Clone)]
+struct KeySet {
+    /// The sold-out spell it was read in ([`SoldOutFlags::sold_out_episode`]).
+    episode: u64,
+    /// The fingerprints; `None` when the sale had too many to keep.
+    fingerprints: Option<Arc<HashSet<u64>>>,
+}
+
+/// The gateway's sold-out view: the flags, when this replica last saw each sale sold out
+/// itself, and per sold-out sale the fingerprints of the keys that made reservations in it.
+pub(crate) struct StockWatch {
+    flags: SoldOutFlags,
+    seen: DashMap<String, Instant>,
+    key_sets: DashMap<String, KeySet>,
+    /// One read of a sale's key fingerprints at a time.
+    key_reads: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl StockWatch {
+    /// A view following the stock signals under `config.signal_prefix`.
+    pub(crate) async fn follow(
+        nats: &async_nats::Client,
+        config: &Config,
+        shutdown: &Shutdown,
+    ) -> Result<Self, Error> {
+        let flags = SoldOutFlags::subscribe(nats, &config.signal_prefix, shutdown)
+            .await
+            .map_err(|e| Error::Config(format!("subscribing to sold-out signals: {e}")))?;
+        Ok(Self {
+            flags,
+            seen: DashMap::new(),
+            key_sets: DashMap::new(),
+            key_reads: DashMap::new(),
+        })
+    }
+
+    /// The sold-out signal says the sale is sold out now (without this replica's own sighting).
+    pub(crate) fn sold_out_now(&self, sale_id: &str) -> bool {
+        self.flags.is_sold_out(sale_id)
+    }
+
+    fn known_keys(&self, sale_id: &str, episode: u64) -> Option<Option<Arc<HashSet<u64>>>> {
+        self.key_sets
+            .get(sale_id)
+            .filter(|k| k.episode == episode)
+            .map(|k| k.fingerprints.clone())
+    }
+}
+
+impl Gateway {
+    fn sold_out_in_memory(&self, sale_id: &str) -> bool {
+        let stock = &self.parts.stock;
+        stock.flags.is_sold_out(sale_id)
+            && stock
+                .seen
+                .get(sale_id)
+                .is_some_and(|seen| seen.elapsed() < self.parts.config.sold_out_ttl)
+    }
+
+    /// The sold-out signal says the sale is sold out now (without this replica's own sighting).
+    pub(crate) fn sold_out_now(&self, sale_id: &str) -> bool {
+        self.parts.stock.sold_out_now(sale_id)
+    }
+
+    /// True when SOLD_OUT may be answered from memory: the sale is sold out and this buyer's
+    /// key made no reservation in it. A retry of a purchase the buyer made goes on to the
+    /// inventory, which answers it as the first time, on every replica and at any moment.
+    pub(crate) async fn sold_out_for(&self, sale_id: &str, user_id: &str, key: &str) -> bool {
+        if !self.sold_out_in_memory(sale_id) {
+            return false;
+        }
+        if key.is_empty() {
+            return true;
+        }
+        let Some(episode) = self.parts.stock.flags.sold_out_episode(sale_id) else {
+            return false;
+        };
+        match self.key_set(sale_id, episode).await {
+            Some(keys) => !keys.contains(&key_fingerprint(user_id, key)),
+            None => false,
+        }
+    }
+
+    /// The sale's key fingerprints as of this sold-out spell, read once per spell; `None` when
+    /// they cannot be had (too many, or the inventory did not answer: then ask it each time).
+    async fn key_set(&self, sale_id: &str, episode: u64) -> Option<Arc<HashSet<u64>>> {
+        let stock = &self.parts.stock;
+        if let Some(keys) = stock.known_keys(sale_id, episode) {
+            return keys;
+        }
+        let gate = stock
+            .key_reads
+            .entry(sale_id.to_owned())
+            .or_default()
+            .clone();
+        let _one = gate.lock().await;
+        if let Some(keys) = stock.known_keys(sale_id, episode) {
+            return keys;
+        }
+        let read = self
+            .parts
+            .clients
+            .inventory
+            .clone()
+            .key_fingerprints(pb::KeyFingerprintsRequest {
+                sale_id: sale_id.to_owned(),
+                limit: MAX_KEY_FINGERPRINTS,
+            })
+            .await;
+        let fingerprints = match read {
+            Ok(found) => {
+                let found = found.into_inner();
+                found
+                    .complete
+                    .then(|| Arc::new(found.fingerprints.into_iter().collect()))
+            }
+            Err(status) => {
+                tracing::debug!(sale_id, error = %status, "key fingerprints not read");
+                return None;
+            }
+        };
+        let set = KeySet {
+            episode,
+            fingerprints: fingerprints.clone(),
+        };
+        stock.key_sets.insert(sale_id.to_owned(), set);
+        fingerprints
+    }
+
+    /// Records what the inventory said of a sale's available stock.
+    pub(crate) fn observe_stock(&self, sale_id: &str, available: u64) {
+        let sold_out = available == 0;
+        let stock = &self.parts.stock;
+        stock.flags.observe(sale_id, sold_out);
+        if sold_out {
+            stock.seen.insert(sale_id.to_owned(), Instant::now());
+        }
+    }
+}
 
 /// One sale's flag.
 #[derive(Debug, Clone, Copy)]
