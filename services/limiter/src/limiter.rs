@@ -285,49 +285,12 @@ impl Limiter {
         }
     }
 
-    /// Judges a request (see the module docs).
+    /// Judges a request (see the module docs): check it, match each descriptor to its rule,
+    /// then the local limits (peeked), the global ones (one Redis script, charged only if
+    /// nothing is over yet), the local ones charged only if nothing refused the request, and
+    /// the verdicts with their counters.
     pub async fn decide(&self, request: &Request) -> Result<Decision, Error> {
-        if request.domain.is_empty() {
-            return Err(Error::InvalidArgument("domain must not be empty".into()));
-        }
-        if request.domain.len() > MAX_NAME_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "domain is {} bytes; at most {MAX_NAME_BYTES}",
-                request.domain.len()
-            )));
-        }
-        if request.descriptors.is_empty() {
-            return Err(Error::InvalidArgument(
-                "at least one descriptor is required".into(),
-            ));
-        }
-        for (i, d) in request.descriptors.iter().enumerate() {
-            if d.entries.is_empty() || d.entries.iter().any(|(k, _)| k.is_empty()) {
-                return Err(Error::InvalidArgument(format!(
-                    "descriptor {i} needs at least one entry, each with a key"
-                )));
-            }
-            if let Some(hits) = d.hits.filter(|h| *h > u64::from(u32::MAX)) {
-                return Err(Error::InvalidArgument(format!(
-                    "descriptor {i}: hits_addend {hits} is more than any limit holds (at most {})",
-                    u32::MAX
-                )));
-            }
-            // Each actual value may become a counter key in Redis: bound what a caller can make
-            // the limiter store.
-            if let Some((key, value)) = d
-                .entries
-                .iter()
-                .find(|(k, v)| k.len() > MAX_NAME_BYTES || v.len() > MAX_VALUE_BYTES)
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "descriptor {i}: entry {:?} is {} + {} bytes; keys take at most {MAX_NAME_BYTES}, values {MAX_VALUE_BYTES}",
-                    key.chars().take(32).collect::<String>(),
-                    key.len(),
-                    value.len()
-                )));
-            }
-        }
+        check(request)?;
         let rules = self.rules();
         let Some(domain) = rules.domain(&request.domain) else {
             return Ok(Decision {
@@ -335,64 +298,18 @@ impl Limiter {
                 statuses: vec![Status::unlimited(); request.descriptors.len()],
             });
         };
-        let default_hits = if request.hits_addend == 0 {
-            1
-        } else {
-            u64::from(request.hits_addend)
-        };
-
-        let mut plans: Vec<Option<Plan>> = request
-            .descriptors
-            .iter()
-            .map(|d| {
-                let entries: Vec<(&str, &str)> = d
-                    .entries
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                let matched = domain.matching(&entries)?;
-                let rule = matched.rule.clone();
-                let limit = d.limit.or(rule.limit);
-                Some(Plan {
-                    key: matched.key,
-                    hits: d.hits.unwrap_or(default_hits),
-                    fallback: None,
-                    status: Status {
-                        code: Code::Ok,
-                        limit: limit.map(|l| (l, rule.name.clone())),
-                        remaining: limit.map_or(0, |l| l.requests_per_unit),
-                        reset: None,
-                        rule: Some(rule.path.clone()),
-                    },
-                    over: false,
-                    limit: limit.unwrap_or(RateLimit {
-                        unit: crate::rules::Unit::Second,
-                        requests_per_unit: u32::MAX,
-                    }),
-                    rule,
-                })
-            })
-            .collect();
-
-        // A matched rule that another matched rule replaces does not apply.
-        let replaced: HashSet<String> = plans
-            .iter()
-            .flatten()
-            .flat_map(|p| p.rule.replaces.clone())
-            .collect();
-        for plan in &mut plans {
-            if plan
-                .as_ref()
-                .is_some_and(|p| p.rule.name.as_ref().is_some_and(|n| replaced.contains(n)))
-            {
-                *plan = None;
-            }
+        let mut plans = plans(domain, request);
+        let mut blocked = self.peek_local(&mut plans);
+        blocked |= self.judge_global(request, &mut plans, blocked).await;
+        if !blocked {
+            self.charge_local(&mut plans);
         }
+        Ok(self.verdicts(&request.domain, plans))
+    }
 
-        let counts = |p: &Plan| !p.rule.unlimited && !p.rule.shadow_mode;
+    /// Phase 1, local limits: peek only. True when one that counts is over.
+    fn peek_local(&self, plans: &mut [Option<Plan>]) -> bool {
         let mut blocked = false;
-
-        // 1. Local limits: peek only.
         for plan in plans
             .iter_mut()
             .flatten()
@@ -403,10 +320,19 @@ impl Limiter {
                 .local
                 .peek(plan.limit, &plan.key, clamp(plan.hits));
             apply_local(plan, v);
-            blocked |= plan.over && counts(plan);
+            blocked |= plan.over && plan.counts();
         }
+        blocked
+    }
 
-        // 2. Global limits: one script, charged only if nothing is over.
+    /// Phase 2, global limits: one script for all of them, charged only if nothing is over
+    /// (`blocked`). True when one that counts is over.
+    async fn judge_global(
+        &self,
+        request: &Request,
+        plans: &mut [Option<Plan>],
+        blocked: bool,
+    ) -> bool {
         let global_ids: Vec<usize> = plans
             .iter()
             .enumerate()
@@ -416,116 +342,127 @@ impl Limiter {
                     .map(|_| i)
             })
             .collect();
-        if !global_ids.is_empty() {
-            let checks: Vec<GlobalCheck> = global_ids
-                .iter()
-                .filter_map(|&i| plans[i].as_ref())
-                .map(|p| GlobalCheck {
-                    key: p.key.clone(),
-                    algorithm: p.rule.algorithm,
-                    limit: p.limit,
-                    hits: p.hits,
-                    shadow: p.rule.shadow_mode,
-                })
-                .collect();
-            let verdicts = match &self.inner.global {
-                Some(global) => {
-                    global
-                        .judge(&request.domain, &checks, blocked, now_ms())
-                        .await
-                }
-                None => Err(crate::global::RedisError("no Redis configured".into())),
-            };
-            match verdicts {
-                Ok((_, verdicts)) => {
-                    for (&i, v) in global_ids.iter().zip(verdicts) {
-                        if let Some(plan) = plans[i].as_mut() {
-                            plan.over = v.over;
-                            plan.status.remaining = if v.over {
-                                0
-                            } else {
-                                u64::from(plan.limit.requests_per_unit).saturating_sub(v.count)
-                                    as u32
-                            };
-                            plan.status.reset = Some(v.reset);
-                            blocked |= plan.over && counts(plan);
-                        }
-                    }
-                }
-                Err(e) => {
-                    let mode = if self.inner.global.is_none() {
-                        FailureMode::Local
-                    } else {
-                        self.inner.config.failure_mode
-                    };
-                    tracing::warn!(error = %e, ?mode, "global limits decided without Redis");
-                    for &i in &global_ids {
-                        let Some(plan) = plans[i].as_mut() else {
-                            continue;
+        if global_ids.is_empty() {
+            return false;
+        }
+        let checks: Vec<GlobalCheck> = global_ids
+            .iter()
+            .filter_map(|&i| plans[i].as_ref())
+            .map(|p| GlobalCheck {
+                key: p.key.clone(),
+                algorithm: p.rule.algorithm,
+                limit: p.limit,
+                hits: p.hits,
+                shadow: p.rule.shadow_mode,
+            })
+            .collect();
+        let verdicts = match &self.inner.global {
+            Some(global) => {
+                global
+                    .judge(&request.domain, &checks, blocked, now_ms())
+                    .await
+            }
+            None => Err(crate::global::RedisError("no Redis configured".into())),
+        };
+        let mut over = false;
+        match verdicts {
+            Ok((_, verdicts)) => {
+                for (&i, v) in global_ids.iter().zip(verdicts) {
+                    if let Some(plan) = plans[i].as_mut() {
+                        plan.over = v.over;
+                        plan.status.remaining = if v.over {
+                            0
+                        } else {
+                            u64::from(plan.limit.requests_per_unit).saturating_sub(v.count) as u32
                         };
-                        if self.inner.global.is_some() {
-                            self.inner
-                                .stats
-                                .with(&request.domain, &plan.rule.path, |c| bump(&c.redis_errors));
-                        }
-                        match mode {
-                            FailureMode::Allow => {}
-                            FailureMode::Deny => {
-                                plan.over = true;
-                                plan.status.remaining = 0;
-                                plan.status.reset = Some(
-                                    self.inner.config.redis_timeout.max(Duration::from_secs(1)),
-                                );
-                            }
-                            FailureMode::Local => {
-                                let share = if self.inner.global.is_none() {
-                                    1.0
-                                } else {
-                                    self.inner.config.fallback_share
-                                };
-                                let scaled = RateLimit {
-                                    unit: plan.limit.unit,
-                                    requests_per_unit: ((f64::from(plan.limit.requests_per_unit)
-                                        * share)
-                                        .ceil()
-                                        as u32)
-                                        .max(1),
-                                };
-                                plan.fallback = Some(scaled);
-                                let v =
-                                    self.inner
-                                        .fallback
-                                        .peek(scaled, &plan.key, clamp(plan.hits));
-                                apply_local(plan, v);
-                            }
-                        }
-                        blocked |= plan.over && counts(plan);
+                        plan.status.reset = Some(v.reset);
+                        over |= plan.over && plan.counts();
+                    }
+                }
+            }
+            Err(e) => {
+                let mode = self.failure_mode();
+                tracing::warn!(error = %e, ?mode, "global limits decided without Redis");
+                for &i in &global_ids {
+                    if let Some(plan) = plans[i].as_mut() {
+                        self.without_redis(&request.domain, plan, mode);
+                        over |= plan.over && plan.counts();
                     }
                 }
             }
         }
+        over
+    }
 
-        // 3. Charge the local limits, only if nothing refused the request.
-        if !blocked {
-            for plan in plans
-                .iter_mut()
-                .flatten()
-                .filter(|p| !p.rule.unlimited && p.hits > 0)
-            {
-                let store = match (plan.rule.algorithm, plan.fallback) {
-                    (Algorithm::LocalGcra, _) => (&self.inner.local, plan.limit),
-                    (_, Some(scaled)) => (&self.inner.fallback, scaled),
-                    _ => continue,
+    /// How global limits are decided while Redis fails: locally when there is no Redis at all.
+    fn failure_mode(&self) -> FailureMode {
+        if self.inner.global.is_none() {
+            FailureMode::Local
+        } else {
+            self.inner.config.failure_mode
+        }
+    }
+
+    /// Decides one global limit without Redis, as `mode` says.
+    fn without_redis(&self, domain: &str, plan: &mut Plan, mode: FailureMode) {
+        if self.inner.global.is_some() {
+            self.inner
+                .stats
+                .with(domain, &plan.rule.path, |c| bump(&c.redis_errors));
+        }
+        match mode {
+            FailureMode::Allow => {}
+            FailureMode::Deny => {
+                plan.over = true;
+                plan.status.remaining = 0;
+                plan.status.reset =
+                    Some(self.inner.config.redis_timeout.max(Duration::from_secs(1)));
+            }
+            FailureMode::Local => {
+                let share = if self.inner.global.is_none() {
+                    1.0
+                } else {
+                    self.inner.config.fallback_share
                 };
-                let v = store.0.take(store.1, &plan.key, clamp(plan.hits));
-                if !plan.over {
-                    // Lost a race since the peek: the request is refused after all.
-                    apply_local(plan, v);
-                }
+                let scaled = RateLimit {
+                    unit: plan.limit.unit,
+                    requests_per_unit: ((f64::from(plan.limit.requests_per_unit) * share).ceil()
+                        as u32)
+                        .max(1),
+                };
+                plan.fallback = Some(scaled);
+                let v = self
+                    .inner
+                    .fallback
+                    .peek(scaled, &plan.key, clamp(plan.hits));
+                apply_local(plan, v);
             }
         }
+    }
 
-        // 4. Verdicts and counters.
+    /// Phase 3: charge the local limits (and the local stand-ins of global ones decided
+    /// without Redis); run only when nothing refused the request.
+    fn charge_local(&self, plans: &mut [Option<Plan>]) {
+        for plan in plans
+            .iter_mut()
+            .flatten()
+            .filter(|p| !p.rule.unlimited && p.hits > 0)
+        {
+            let (store, limit) = match (plan.rule.algorithm, plan.fallback) {
+                (Algorithm::LocalGcra, _) => (&self.inner.local, plan.limit),
+                (_, Some(scaled)) => (&self.inner.fallback, scaled),
+                _ => continue,
+            };
+            let v = store.take(limit, &plan.key, clamp(plan.hits));
+            if !plan.over {
+                // Lost a race since the peek: the request is refused after all.
+                apply_local(plan, v);
+            }
+        }
+    }
+
+    /// Phase 4: each descriptor's status, the overall code, and the per-rule counters.
+    fn verdicts(&self, domain: &str, plans: Vec<Option<Plan>>) -> Decision {
         let near = self.inner.config.near_limit_ratio;
         let mut statuses = Vec::with_capacity(plans.len());
         let mut code = Code::Ok;
@@ -534,19 +471,13 @@ impl Limiter {
                 statuses.push(Status::unlimited());
                 continue;
             };
-            let stats = &self.inner.stats;
-            stats.with(&request.domain, &plan.rule.path, |c| {
+            self.inner.stats.with(domain, &plan.rule.path, |c| {
                 bump(&c.total);
                 if plan.over && plan.rule.shadow_mode {
                     bump(&c.shadow_mode);
                 } else if plan.over {
                     bump(&c.over_limit);
-                } else if !plan.rule.unlimited
-                    && f64::from(
-                        plan.limit.requests_per_unit
-                            - plan.status.remaining.min(plan.limit.requests_per_unit),
-                    ) > f64::from(plan.limit.requests_per_unit) * near
-                {
+                } else if !plan.rule.unlimited && plan.used_beyond(near) {
                     bump(&c.near_limit);
                 }
             });
@@ -556,8 +487,124 @@ impl Limiter {
             }
             statuses.push(plan.status);
         }
-        Ok(Decision { code, statuses })
+        Decision { code, statuses }
     }
+}
+
+impl Plan {
+    /// Whether this rule's verdict can refuse the request (not unlimited, not shadow mode).
+    fn counts(&self) -> bool {
+        !self.rule.unlimited && !self.rule.shadow_mode
+    }
+
+    /// True when more than `share` of the limit is used.
+    fn used_beyond(&self, share: f64) -> bool {
+        let per_unit = self.limit.requests_per_unit;
+        f64::from(per_unit - self.status.remaining.min(per_unit)) > f64::from(per_unit) * share
+    }
+}
+
+/// Refuses a request the limiter cannot judge (fails closed: an error, never "unlimited").
+fn check(request: &Request) -> Result<(), Error> {
+    if request.domain.is_empty() {
+        return Err(Error::InvalidArgument("domain must not be empty".into()));
+    }
+    if request.domain.len() > MAX_NAME_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "domain is {} bytes; at most {MAX_NAME_BYTES}",
+            request.domain.len()
+        )));
+    }
+    if request.descriptors.is_empty() {
+        return Err(Error::InvalidArgument(
+            "at least one descriptor is required".into(),
+        ));
+    }
+    for (i, d) in request.descriptors.iter().enumerate() {
+        if d.entries.is_empty() || d.entries.iter().any(|(k, _)| k.is_empty()) {
+            return Err(Error::InvalidArgument(format!(
+                "descriptor {i} needs at least one entry, each with a key"
+            )));
+        }
+        if let Some(hits) = d.hits.filter(|h| *h > u64::from(u32::MAX)) {
+            return Err(Error::InvalidArgument(format!(
+                "descriptor {i}: hits_addend {hits} is more than any limit holds (at most {})",
+                u32::MAX
+            )));
+        }
+        // Each actual value may become a counter key in Redis: bound what a caller can make
+        // the limiter store.
+        if let Some((key, value)) = d
+            .entries
+            .iter()
+            .find(|(k, v)| k.len() > MAX_NAME_BYTES || v.len() > MAX_VALUE_BYTES)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "descriptor {i}: entry {:?} is {} + {} bytes; keys take at most {MAX_NAME_BYTES}, values {MAX_VALUE_BYTES}",
+                key.chars().take(32).collect::<String>(),
+                key.len(),
+                value.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Each descriptor's plan: its rule and limit, or `None` when no rule matches it or a rule
+/// that matched another descriptor replaces its rule.
+fn plans(domain: &crate::rules::Domain, request: &Request) -> Vec<Option<Plan>> {
+    let default_hits = if request.hits_addend == 0 {
+        1
+    } else {
+        u64::from(request.hits_addend)
+    };
+    let mut plans: Vec<Option<Plan>> = request
+        .descriptors
+        .iter()
+        .map(|d| {
+            let entries: Vec<(&str, &str)> = d
+                .entries
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let matched = domain.matching(&entries)?;
+            let rule = matched.rule.clone();
+            let limit = d.limit.or(rule.limit);
+            Some(Plan {
+                key: matched.key,
+                hits: d.hits.unwrap_or(default_hits),
+                fallback: None,
+                status: Status {
+                    code: Code::Ok,
+                    limit: limit.map(|l| (l, rule.name.clone())),
+                    remaining: limit.map_or(0, |l| l.requests_per_unit),
+                    reset: None,
+                    rule: Some(rule.path.clone()),
+                },
+                over: false,
+                limit: limit.unwrap_or(RateLimit {
+                    unit: crate::rules::Unit::Second,
+                    requests_per_unit: u32::MAX,
+                }),
+                rule,
+            })
+        })
+        .collect();
+    // A matched rule that another matched rule replaces does not apply.
+    let replaced: HashSet<String> = plans
+        .iter()
+        .flatten()
+        .flat_map(|p| p.rule.replaces.clone())
+        .collect();
+    for plan in &mut plans {
+        if plan
+            .as_ref()
+            .is_some_and(|p| p.rule.name.as_ref().is_some_and(|n| replaced.contains(n)))
+        {
+            *plan = None;
+        }
+    }
+    plans
 }
 
 fn clamp(hits: u64) -> u32 {

@@ -352,6 +352,10 @@ pub async fn drive(target: Channel, signer: Signer, sale_id: &str, scenario: &Sc
     .await
 }
 
+/// One attempt's answer as it is tallied: when it completed (since the start), its latency
+/// (from its intended send time), and the buyer, key, answer and whether it is uncertain.
+type Answered = (Duration, Duration, Answer);
+
 /// Fires the scenario's attempts with the given load; `progress` counts answers as they come.
 pub async fn run(
     target: Channel,
@@ -372,17 +376,11 @@ pub async fn run(
         retried: Mutex::new(BTreeMap::new()),
     });
     let (quantity, retries) = (scenario.quantity, scenario.retries);
-    // (completed at, latency, answer)
     let one = {
-        let (buyers, target, sale_id) = (buyers.clone(), target.clone(), sale_id.to_owned());
-        let progress = progress.clone();
+        let (buyers, sale_id) = (buyers.clone(), sale_id.to_owned());
         move |plan: Plan, intended: Instant| {
-            let (buyers, target, sale_id, progress) = (
-                buyers.clone(),
-                target.clone(),
-                sale_id.clone(),
-                progress.clone(),
-            );
+            let (buyers, target, sale_id) = (buyers.clone(), target.clone(), sale_id.clone());
+            let progress = progress.clone();
             async move {
                 let (answer, uncertain) =
                     attempt(target, &buyers, &sale_id, &plan, quantity, retries).await;
@@ -390,15 +388,12 @@ pub async fn run(
                 if let Some(p) = &progress {
                     p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                (
-                    done - started,
-                    done - intended,
-                    (user_id(plan.user), plan.key, answer, uncertain),
-                )
+                let answer = (user_id(plan.user), plan.key, answer, uncertain);
+                (done - started, done - intended, answer)
             }
         }
     };
-    let answers: Vec<(Duration, Duration, Answer)> = match load {
+    let answers: Vec<Answered> = match load {
         Load::Closed { concurrency } => {
             futures::stream::iter(plans)
                 .map(|plan| one(plan, Instant::now()))
@@ -412,34 +407,14 @@ pub async fn run(
             max_in_flight,
         } => {
             let times = schedule(scenario.attempts, rate, arrival);
-            let gate = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
-            let mut tasks = tokio::task::JoinSet::new();
-            for (plan, at) in plans.into_iter().zip(times) {
-                let intended = started + at;
-                tokio::time::sleep_until(intended.into()).await;
-                let permit = gate
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore never closes");
-                let task = one(plan, intended);
-                tasks.spawn(async move {
-                    let result = task.await;
-                    drop(permit);
-                    result
-                });
-            }
-            let mut answers = Vec::with_capacity(scenario.attempts as usize);
-            while let Some(result) = tasks.join_next().await {
-                if let Ok(answer) = result {
-                    answers.push(answer);
-                }
-            }
-            answers
+            let sends = plans
+                .into_iter()
+                .zip(times)
+                .map(|(p, at)| (p, started + at));
+            fire_open(sends, max_in_flight, one).await
         }
     };
-
-    let mut report = Report {
+    let report = Report {
         accepted: Vec::new(),
         duplicates_answered: 0,
         rejected: BTreeMap::new(),
@@ -461,6 +436,47 @@ pub async fn run(
             .map(queue::Room::visits)
             .unwrap_or_default(),
     };
+    tally(report, answers)
+}
+
+/// Open loop: each attempt sent at its intended time whatever the answers, at most
+/// `max_in_flight` at once.
+async fn fire_open<F, Fut>(
+    sends: impl Iterator<Item = (Plan, Instant)>,
+    max_in_flight: usize,
+    one: F,
+) -> Vec<Answered>
+where
+    F: Fn(Plan, Instant) -> Fut,
+    Fut: std::future::Future<Output = Answered> + Send + 'static,
+{
+    let gate = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (plan, intended) in sends {
+        tokio::time::sleep_until(intended.into()).await;
+        let permit = gate
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closes");
+        let task = one(plan, intended);
+        tasks.spawn(async move {
+            let result = task.await;
+            drop(permit);
+            result
+        });
+    }
+    let mut answers = Vec::with_capacity(tasks.len());
+    while let Some(result) = tasks.join_next().await {
+        if let Ok(answer) = result {
+            answers.push(answer);
+        }
+    }
+    answers
+}
+
+/// Adds the answers up: what was accepted and refused, latencies, and the per-second timeline.
+fn tally(mut report: Report, answers: Vec<Answered>) -> Report {
     let mut seconds: BTreeMap<u32, (Tick, hdrhistogram::Histogram<u64>)> = BTreeMap::new();
     let mut seen = HashSet::new();
     for (at, latency, answer) in answers {
@@ -468,13 +484,11 @@ pub async fn run(
         report.histogram.saturating_record(micros);
         let second = at.as_secs() as u32;
         let (tick, hist) = seconds.entry(second).or_insert_with(|| {
-            (
-                Tick {
-                    second,
-                    ..Tick::default()
-                },
-                histogram(),
-            )
+            let tick = Tick {
+                second,
+                ..Tick::default()
+            };
+            (tick, histogram())
         });
         tick.completed += 1;
         hist.saturating_record(micros);
@@ -726,32 +740,12 @@ async fn audit_with(
     patience: Duration,
     faults: bool,
 ) -> Audit {
-    let deadline = Instant::now() + patience;
     let expected: HashSet<&str> = report
         .accepted
         .iter()
         .map(|a| a.order_id.as_str())
         .collect();
-    let mut rows = Vec::new();
-    while Instant::now() < deadline {
-        rows = sources
-            .store
-            .list_orders(
-                &flashsale_orders::store::OrderFilter::Sale(sale.sale_id.clone()),
-                None,
-                u64::MAX >> 1,
-                None,
-            )
-            .await
-            .unwrap_or_default();
-        let present: HashSet<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
-        let written = expected.iter().all(|id| present.contains(id));
-        let settled = rows.iter().all(|r| r.inventory_pending.is_none());
-        if written && settled {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let rows = written_orders(sources, &sale.sale_id, &expected, patience).await;
     let stock = InventoryClient::new(sources.inventory.clone())
         .get_stock(pb::GetStockRequest {
             sale_id: sale.sale_id.clone(),
@@ -759,60 +753,20 @@ async fn audit_with(
         .await
         .map(tonic::Response::into_inner)
         .ok();
-
     let mut audit = Audit {
         stock: stock.clone(),
         ..Audit::default()
     };
-    let mut units_by_user: HashMap<&str, u64> = HashMap::new();
-    for row in &rows {
-        *audit
-            .orders_by_status
-            .entry(row.status.as_str().to_owned())
-            .or_default() += 1;
-        *audit
-            .units_by_status
-            .entry(row.status.as_str().to_owned())
-            .or_default() += row.quantity as u64;
-        if matches!(row.status, Status::PendingPayment | Status::Paid) {
-            *units_by_user.entry(row.user_id.as_str()).or_default() += row.quantity as u64;
-        }
-    }
+    let worst = count_orders(&mut audit, &rows);
     let units = |s: Status| audit.units_by_status.get(s.as_str()).copied().unwrap_or(0);
     let (pending, paid) = (units(Status::PendingPayment), units(Status::Paid));
     let mut check = |name, ok, detail: String| audit.checks.push(Check { name, ok, detail });
-
-    match &stock {
-        Some(s) => {
-            check(
-                "no oversell (Redis)",
-                s.held + s.sold <= s.total && s.available + s.held + s.sold == s.total,
-                format!(
-                    "available {} + held {} + sold {} = total {}",
-                    s.available, s.held, s.sold, s.total
-                ),
-            );
-            check(
-                "Redis agrees with Postgres",
-                s.sold == paid && s.held == pending,
-                format!(
-                    "Redis held {} sold {}; Postgres pending {} paid {}",
-                    s.held, s.sold, pending, paid
-                ),
-            );
-        }
-        None => check(
-            "no oversell (Redis)",
-            false,
-            "the inventory did not answer".into(),
-        ),
-    }
+    stock_checks(&mut check, stock.as_ref(), pending, paid);
     check(
         "no oversell (Postgres)",
         pending + paid <= sale.stock,
         format!("pending {pending} + paid {paid} <= stock {}", sale.stock),
     );
-    let worst = units_by_user.values().copied().max().unwrap_or(0);
     check(
         "per-user limit",
         worst <= u64::from(sale.per_user_limit),
@@ -835,22 +789,97 @@ async fn audit_with(
     }
     let present: HashSet<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
     let missing = expected.iter().filter(|id| !present.contains(*id)).count();
+    let written = rows.len();
     check(
         "no loss",
         missing == 0,
         format!(
-            "{} accepted, {} written, {missing} missing",
-            expected.len(),
-            rows.len()
+            "{} accepted, {written} written, {missing} missing",
+            expected.len()
         ),
     );
     let unasked = present.iter().filter(|id| !expected.contains(*id)).count();
     check(
         "no order without a purchase",
-        unasked == 0 && rows.len() == expected.len(),
+        unasked == 0 && written == expected.len(),
         format!("{unasked} orders nobody was told about"),
     );
     audit
+}
+
+/// The sale's orders once every `expected` one is written and settled with the inventory, or
+/// as they are when `patience` runs out.
+async fn written_orders(
+    sources: &Sources,
+    sale_id: &str,
+    expected: &HashSet<&str>,
+    patience: Duration,
+) -> Vec<flashsale_orders::entity::orders::Model> {
+    let deadline = Instant::now() + patience;
+    let filter = flashsale_orders::store::OrderFilter::Sale(sale_id.to_owned());
+    let mut rows = Vec::new();
+    while Instant::now() < deadline {
+        rows = sources
+            .store
+            .list_orders(&filter, None, u64::MAX >> 1, None)
+            .await
+            .unwrap_or_default();
+        let present: HashSet<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
+        let written = expected.iter().all(|id| present.contains(id));
+        let settled = rows.iter().all(|r| r.inventory_pending.is_none());
+        if written && settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rows
+}
+
+/// Counts orders and units by status; returns the most units one buyer holds or bought.
+fn count_orders(audit: &mut Audit, rows: &[flashsale_orders::entity::orders::Model]) -> u64 {
+    let mut units_by_user: HashMap<&str, u64> = HashMap::new();
+    for row in rows {
+        let status = row.status.as_str().to_owned();
+        *audit.orders_by_status.entry(status.clone()).or_default() += 1;
+        *audit.units_by_status.entry(status).or_default() += row.quantity as u64;
+        if matches!(row.status, Status::PendingPayment | Status::Paid) {
+            *units_by_user.entry(row.user_id.as_str()).or_default() += row.quantity as u64;
+        }
+    }
+    units_by_user.values().copied().max().unwrap_or(0)
+}
+
+/// Redis's own invariant, and Redis agreeing with Postgres.
+fn stock_checks(
+    check: &mut impl FnMut(&'static str, bool, String),
+    stock: Option<&pb::StockLevel>,
+    pending: u64,
+    paid: u64,
+) {
+    let Some(s) = stock else {
+        check(
+            "no oversell (Redis)",
+            false,
+            "the inventory did not answer".into(),
+        );
+        return;
+    };
+    check(
+        "no oversell (Redis)",
+        s.held + s.sold <= s.total && s.available + s.held + s.sold == s.total,
+        format!(
+            "available {} + held {} + sold {} = total {}",
+            s.available, s.held, s.sold, s.total
+        ),
+    );
+    check(
+        "Redis agrees with Postgres",
+        s.sold == paid && s.held == pending,
+        format!(
+            "Redis held {} sold {}; Postgres pending {} paid {}",
+            s.held, s.sold, pending, paid
+        ),
+    );
 }
 
 /// Every answer to an idempotency key agrees with its first accepted answer: the same order,
