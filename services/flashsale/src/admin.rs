@@ -135,32 +135,7 @@ pub(crate) async fn sale(command: SaleCommand, config: &MeshConfig) -> Result<()
                 .into_inner();
             println!("{}", describe(&created));
         }
-        SaleCommand::List { gateway } => {
-            let (channel, token) = admin_client(&gateway, config).await?;
-            let mut buyer = pb::flash_sale_client::FlashSaleClient::new(channel);
-            let mut page_token = String::new();
-            loop {
-                let page = buyer
-                    .list_sales(authorized(
-                        pb::ListSalesRequest {
-                            state: 0,
-                            page_size: 200,
-                            page_token: page_token.clone(),
-                        },
-                        &token,
-                    ))
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                for sale in &page.sales {
-                    println!("{}", describe(sale));
-                }
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
-        }
+        SaleCommand::List { gateway } => list(&gateway, config).await?,
         SaleCommand::Stats { gateway, sale_id } => {
             let (channel, token) = admin_client(&gateway, config).await?;
             let mut client = SaleAdminClient::new(channel);
@@ -193,31 +168,65 @@ pub(crate) async fn sale(command: SaleCommand, config: &MeshConfig) -> Result<()
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            let show = |s: &Option<pb::StockLevel>| match s {
-                Some(s) => format!(
-                    "available {} held {} sold {} of {}",
-                    s.available, s.held, s.sold, s.total
-                ),
-                None => "missing".into(),
-            };
-            println!("Redis:     {}", show(&report.redis));
-            println!(
-                "Postgres:  pending {} units, paid {} units",
-                report.postgres_held, report.postgres_sold
-            );
-            println!("Stream:    {} events waiting", report.stream_pending);
-            if report.discrepancies.is_empty() {
-                println!("Consistent.");
-            }
-            for d in &report.discrepancies {
-                println!("  - {d}");
-            }
-            if report.repaired {
-                println!("Repaired:  {}", show(&report.redis_after));
-            }
+            print_report(&report);
         }
     }
     Ok(())
+}
+
+/// Every sale, page after page.
+async fn list(gateway: &GatewayArgs, config: &MeshConfig) -> Result<()> {
+    let (channel, token) = admin_client(gateway, config).await?;
+    let mut buyer = pb::flash_sale_client::FlashSaleClient::new(channel);
+    let mut page_token = String::new();
+    loop {
+        let page = buyer
+            .list_sales(authorized(
+                pb::ListSalesRequest {
+                    state: 0,
+                    page_size: 200,
+                    page_token: page_token.clone(),
+                },
+                &token,
+            ))
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        for sale in &page.sales {
+            println!("{}", describe(sale));
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(())
+}
+
+/// A Reconcile report, one line a source.
+fn print_report(report: &pb::ReconcileReport) {
+    let show = |s: &Option<pb::StockLevel>| match s {
+        Some(s) => format!(
+            "available {} held {} sold {} of {}",
+            s.available, s.held, s.sold, s.total
+        ),
+        None => "missing".into(),
+    };
+    println!("Redis:     {}", show(&report.redis));
+    println!(
+        "Postgres:  pending {} units, paid {} units",
+        report.postgres_held, report.postgres_sold
+    );
+    println!("Stream:    {} events waiting", report.stream_pending);
+    if report.discrepancies.is_empty() {
+        println!("Consistent.");
+    }
+    for d in &report.discrepancies {
+        println!("  - {d}");
+    }
+    if report.repaired {
+        println!("Repaired:  {}", show(&report.redis_after));
+    }
 }
 
 pub(crate) fn print_stats(stats: &pb::SaleStats) {

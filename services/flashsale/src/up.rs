@@ -62,6 +62,48 @@ pub(crate) async fn run(args: UpArgs, mut config: MeshConfig) -> Result<()> {
     for line in started.describe() {
         println!("  {line}");
     }
+    prepare(&args, &mut config).await?;
+    let mesh = start(&mut config, &shutdown).await?;
+    if let Err(e) = mesh.check_health().await {
+        shutdown.trigger();
+        return Err(e);
+    }
+
+    let signer = Signer::new(&config.gateway.auth)?;
+    let outcome = if args.no_demo {
+        Ok(true)
+    } else {
+        demo(&config, &args, &signer, &mesh).await
+    };
+    if args.exit {
+        shutdown.trigger();
+    } else {
+        let token = signer.token("operator", true, Duration::from_secs(24 * 3600));
+        println!(
+            "\nThe mesh keeps running; buyers connect to the sidecar at {}.",
+            local::url(mesh.sidecar)
+        );
+        println!("Admin token (24 h): {token}");
+        println!(
+            "Try: flashsale sale list --gateway {}   ·   Ctrl-C stops everything.",
+            local::url(mesh.gateway)
+        );
+    }
+    let all = futures::future::join_all(mesh.servers);
+    let (_, results) = drain(all, &shutdown, config.server.shutdown_grace).await;
+    for result in results.into_iter().flatten() {
+        result.context("server task panicked")??;
+    }
+    drop(started);
+    match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => bail!("the demo sale's audit failed"),
+        Err(e) => Err(e),
+    }
+}
+
+/// The database and its schema, and the demo's rules when none are configured.
+async fn prepare(args: &UpArgs, config: &mut MeshConfig) -> Result<()> {
     if OrderStore::create_database_if_missing(&config.postgres).await? {
         println!("  created the database");
     }
@@ -77,11 +119,26 @@ pub(crate) async fn run(args: UpArgs, mut config: MeshConfig) -> Result<()> {
         std::fs::write(&rules, DEMO_RULES)?;
         config.limiter.rules_file = Some(rules);
     }
+    Ok(())
+}
 
-    // Bind every listener first, so each component is told where the others really are.
+/// The mesh as `up` runs it: every component's server task and where each listens.
+struct Mesh {
+    servers: Vec<tokio::task::JoinHandle<Result<()>>>,
+    /// (component, address, the gRPC services it answers).
+    endpoints: Vec<(Component, SocketAddr, Vec<String>)>,
+    inventory: SocketAddr,
+    orders: SocketAddr,
+    gateway: SocketAddr,
+    sidecar: SocketAddr,
+}
+
+/// Binds every listener first, so each component is told where the others really are, then
+/// starts every component in this process.
+async fn start(config: &mut MeshConfig, shutdown: &Shutdown) -> Result<Mesh> {
     let mut listeners = Vec::new();
     for component in Component::ALL {
-        let addr = listen_addr(component, &config);
+        let addr = listen_addr(component, config);
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("{}: cannot listen on {addr}", component.name()))?;
@@ -92,105 +149,71 @@ pub(crate) async fn run(args: UpArgs, mut config: MeshConfig) -> Result<()> {
             .iter()
             .find(|(k, _, _)| *k == c)
             .map(|(_, a, _)| *a)
+            .with_context(|| c.name())
     };
-    let (inventory, orders, gateway, sidecar) = (
-        addr_of(Component::Inventory).context("inventory")?,
-        addr_of(Component::Orders).context("orders")?,
-        addr_of(Component::Gateway).context("gateway")?,
-        addr_of(Component::LimiterSidecar).context("sidecar")?,
-    );
-    config.gateway.inventory_url = local::url(inventory);
-    config.gateway.orders_url = local::url(orders);
-    config.orders.inventory_url = local::url(inventory);
-    config.limiter.sidecar.upstream = local::url(gateway);
-
-    let mut servers = Vec::new();
-    let mut endpoints = Vec::new();
+    let mut mesh = Mesh {
+        servers: Vec::new(),
+        endpoints: Vec::new(),
+        inventory: addr_of(Component::Inventory)?,
+        orders: addr_of(Component::Orders)?,
+        gateway: addr_of(Component::Gateway)?,
+        sidecar: addr_of(Component::LimiterSidecar)?,
+    };
+    config.gateway.inventory_url = local::url(mesh.inventory);
+    config.gateway.orders_url = local::url(mesh.orders);
+    config.orders.inventory_url = local::url(mesh.inventory);
+    config.limiter.sidecar.upstream = local::url(mesh.gateway);
     for (component, addr, listener) in listeners {
         if component == Component::LimiterSidecar {
             let (config, shutdown) = (config.clone(), shutdown.clone());
-            servers.push(tokio::spawn(async move {
+            mesh.servers.push(tokio::spawn(async move {
                 run_sidecar(&config, None, listener, &shutdown).await
             }));
-            endpoints.push((component, addr, vec!["proxy to the gateway".to_owned()]));
+            let names = vec!["proxy to the gateway".to_owned()];
+            mesh.endpoints.push((component, addr, names));
             continue;
         }
-        let server = build(component, &config, &shutdown).await?;
+        let server = build(component, config, shutdown).await?;
         let names: Vec<String> = server
             .service_names()
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
         let stop = shutdown.wait();
-        servers.push(tokio::spawn(async move {
+        mesh.servers.push(tokio::spawn(async move {
             server
                 .serve(listener, stop)
                 .await
                 .map_err(anyhow::Error::from)
         }));
-        endpoints.push((component, addr, names));
+        mesh.endpoints.push((component, addr, names));
     }
+    Ok(mesh)
+}
 
-    println!("\nComponents:");
-    for (component, addr, names) in &endpoints {
-        let status = health(*addr).await;
-        println!(
-            "  {:<16} {:<22} {:<11} {}",
-            component.name(),
-            addr,
-            status.as_str_name(),
-            names.join(", ")
-        );
-        if status != ServingStatus::Serving {
-            shutdown.trigger();
-            bail!("{} does not report SERVING", component.name());
+impl Mesh {
+    /// Prints each component's health; an error names the first that is not SERVING.
+    async fn check_health(&self) -> Result<()> {
+        println!("\nComponents:");
+        for (component, addr, names) in &self.endpoints {
+            let status = health(*addr).await;
+            println!(
+                "  {:<16} {:<22} {:<11} {}",
+                component.name(),
+                addr,
+                status.as_str_name(),
+                names.join(", ")
+            );
+            if status != ServingStatus::Serving {
+                bail!("{} does not report SERVING", component.name());
+            }
         }
-    }
-
-    let signer = Signer::new(&config.gateway.auth)?;
-    let outcome = if args.no_demo {
-        Ok(true)
-    } else {
-        demo(&config, &args, &signer, sidecar, gateway, orders, inventory).await
-    };
-
-    if args.exit {
-        shutdown.trigger();
-    } else {
-        let token = signer.token("operator", true, Duration::from_secs(24 * 3600));
-        println!(
-            "\nThe mesh keeps running; buyers connect to the sidecar at {}.",
-            local::url(sidecar)
-        );
-        println!("Admin token (24 h): {token}");
-        println!(
-            "Try: flashsale sale list --gateway {}   ·   Ctrl-C stops everything.",
-            local::url(gateway)
-        );
-    }
-    let all = futures::future::join_all(servers);
-    let (_, results) = drain(all, &shutdown, config.server.shutdown_grace).await;
-    for result in results.into_iter().flatten() {
-        result.context("server task panicked")??;
-    }
-    drop(started);
-    match outcome {
-        Ok(true) => Ok(()),
-        Ok(false) => bail!("the demo sale's audit failed"),
-        Err(e) => Err(e),
+        Ok(())
     }
 }
 
 /// Runs the demo sale and prints its outcome; `Ok(false)` when the audit failed.
-async fn demo(
-    config: &MeshConfig,
-    args: &UpArgs,
-    signer: &Signer,
-    sidecar: SocketAddr,
-    gateway: SocketAddr,
-    orders: SocketAddr,
-    inventory: SocketAddr,
-) -> Result<bool> {
+async fn demo(config: &MeshConfig, args: &UpArgs, signer: &Signer, mesh: &Mesh) -> Result<bool> {
     let now = flashsale_proto::time::now_ms();
     let sale = pb::Sale {
         sale_id: format!("demo-{}", now / 1000),
@@ -207,7 +230,7 @@ async fn demo(
         stock_buckets: args.stock_buckets,
         waiting_room: args.room.to_pb(),
     };
-    let mut admin = SaleAdminClient::new(connect(gateway).await?);
+    let mut admin = SaleAdminClient::new(connect(mesh.gateway).await?);
     let mut create = tonic::Request::new(pb::CreateSaleRequest { sale: Some(sale) });
     create.metadata_mut().insert(
         "authorization",
@@ -238,14 +261,14 @@ async fn demo(
         ..Scenario::default()
     };
     let report = flashsale_loadgen::drive(
-        connect(sidecar).await?,
+        connect(mesh.sidecar).await?,
         signer.clone(),
         &sale.sale_id,
         &scenario,
     )
     .await;
     let paid = flashsale_loadgen::pay(
-        connect(orders).await?,
+        connect(mesh.orders).await?,
         &report.accepted,
         0.5,
         11,
@@ -254,10 +277,20 @@ async fn demo(
     .await;
     let sources = Sources {
         store: OrderStore::connect(&config.postgres).await?,
-        inventory: connect(inventory).await?,
+        inventory: connect(mesh.inventory).await?,
     };
     let audit = flashsale_loadgen::audit(&sources, &sale, &report, Duration::from_secs(60)).await;
 
+    print_outcome(&report, paid.len(), &audit);
+    Ok(audit.passed())
+}
+
+/// The demo's outcome: answers by kind, latency, stock, orders and the audit.
+fn print_outcome(
+    report: &flashsale_loadgen::Report,
+    paid: usize,
+    audit: &flashsale_loadgen::Audit,
+) {
     println!(
         "\nOutcome ({:.1} s, {:.0} attempts/s):",
         report.elapsed.as_secs_f64(),
@@ -279,7 +312,7 @@ async fn demo(
     for (reason, n) in rejected {
         println!("  {:<w$} {n:>7}", format!("rejected {reason}"));
     }
-    println!("  {:<w$} {:>7}", "paid", paid.len());
+    println!("  {:<w$} {:>7}", "paid", paid);
     println!(
         "  latency p50 {:?}  p99 {:?}  max {:?}",
         report.latency(0.5),
@@ -313,7 +346,6 @@ async fn demo(
             "AUDIT FAILED"
         }
     );
-    Ok(audit.passed())
 }
 
 async fn health(addr: SocketAddr) -> ServingStatus {

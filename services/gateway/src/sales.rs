@@ -133,6 +133,32 @@ pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
             "must be 1..=256 bytes without control characters",
         ));
     }
+    let buckets = check_stock(sale)?;
+    let (room_rate, room_cap, room_window) = new_room(sale.waiting_room.as_ref())?;
+    check_price(sale)?;
+    let times = check_times(sale)?;
+    Ok(sales::Model {
+        sale_id,
+        name: sale.name.clone(),
+        stock: sale.stock as i64,
+        per_user_limit: sale.per_user_limit as i32,
+        unit_price_minor: sale.unit_price_minor,
+        currency: sale.currency.clone(),
+        starts_at: utc(times.starts_ms),
+        ends_at: utc(times.ends_ms),
+        reservation_hold_ms: times.hold.as_millis() as i64,
+        payment_window_ms: times.payment_window.as_millis() as i64,
+        ended_at: None,
+        created_at: Utc::now(),
+        stock_buckets: buckets as i32,
+        waiting_room_rate_milli: room_rate,
+        waiting_room_cap: room_cap,
+        waiting_room_window_ms: room_window,
+    })
+}
+
+/// Stock, per-user limit and buckets; returns the buckets (0 means 1).
+fn check_stock(sale: &pb::Sale) -> Result<u32, Error> {
     if !(1..=MAX_STOCK).contains(&sale.stock) {
         return Err(Error::invalid(
             "stock",
@@ -152,14 +178,18 @@ pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
             ),
         ));
     }
-    let (room_rate, room_cap, room_window) = new_room(sale.waiting_room.as_ref())?;
+    Ok(buckets)
+}
+
+/// Unit price and currency: the largest order one buyer can make must have an amount the
+/// orders can hold.
+fn check_price(sale: &pb::Sale) -> Result<(), Error> {
     if !(0..=1_000_000_000_000).contains(&sale.unit_price_minor) {
         return Err(Error::invalid(
             "unit_price_minor",
             "must be within 0..=10^12",
         ));
     }
-    // The largest order one buyer can make must have an amount the orders can hold.
     if sale
         .unit_price_minor
         .checked_mul(i64::from(sale.per_user_limit))
@@ -180,20 +210,32 @@ pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
             "must be an ISO 4217 code like CNY",
         ));
     }
-    let starts = sale
+    Ok(())
+}
+
+/// A new sale's window, reservation hold and payment window.
+struct Times {
+    starts_ms: i64,
+    ends_ms: i64,
+    hold: Duration,
+    payment_window: Duration,
+}
+
+fn check_times(sale: &pb::Sale) -> Result<Times, Error> {
+    let starts_ms = sale
         .starts_at
         .as_ref()
         .and_then(unix_ms)
         .ok_or_else(|| Error::invalid("starts_at", "is required"))?;
-    let ends = sale
+    let ends_ms = sale
         .ends_at
         .as_ref()
         .and_then(unix_ms)
         .ok_or_else(|| Error::invalid("ends_at", "is required"))?;
-    if ends <= starts {
+    if ends_ms <= starts_ms {
         return Err(Error::invalid("ends_at", "must be after starts_at"));
     }
-    if ends <= flashsale_proto::time::now_ms() {
+    if ends_ms <= flashsale_proto::time::now_ms() {
         return Err(Error::invalid("ends_at", "is in the past"));
     }
     let hold = optional_duration(
@@ -204,31 +246,19 @@ pub fn new_sale(sale: &pb::Sale) -> Result<sales::Model, Error> {
     if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&hold) {
         return Err(Error::invalid("reservation_hold", "must be within 1s..=1h"));
     }
-    let window = optional_duration(
+    let payment_window = optional_duration(
         "payment_window",
         sale.payment_window.as_ref(),
         DEFAULT_PAYMENT_WINDOW,
     )?;
-    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&window) {
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&payment_window) {
         return Err(Error::invalid("payment_window", "must be within 1s..=24h"));
     }
-    Ok(sales::Model {
-        sale_id,
-        name: sale.name.clone(),
-        stock: sale.stock as i64,
-        per_user_limit: sale.per_user_limit as i32,
-        unit_price_minor: sale.unit_price_minor,
-        currency: sale.currency.clone(),
-        starts_at: utc(starts),
-        ends_at: utc(ends),
-        reservation_hold_ms: hold.as_millis() as i64,
-        payment_window_ms: window.as_millis() as i64,
-        ended_at: None,
-        created_at: Utc::now(),
-        stock_buckets: buckets as i32,
-        waiting_room_rate_milli: room_rate,
-        waiting_room_cap: room_cap,
-        waiting_room_window_ms: room_window,
+    Ok(Times {
+        starts_ms,
+        ends_ms,
+        hold,
+        payment_window,
     })
 }
 

@@ -40,27 +40,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let redis = rt
-        .block_on(flashsale_testkit::RedisServer::start())
-        .expect("redis-server");
-    let config = RedisConfig {
-        url: redis.url().into(),
-        command_timeout: Duration::from_secs(5),
-        pool_size: 4,
-        ..Default::default()
-    };
-    let inventory = rt.block_on(Inventory::connect(&config, None)).unwrap();
-    let now = flashsale_proto::time::now_ms();
-    let sale = SaleSpec {
-        sale_id: "bench".into(),
-        stock: 10_000_000,
-        per_user_limit: 1,
-        starts_at_ms: now - 1000,
-        ends_at_ms: now + 3_600_000,
-        reservation_hold: Duration::from_secs(3600),
-        stock_buckets: 1,
-    };
-    rt.block_on(inventory.load_sale(&sale)).unwrap();
+    let (redis, inventory) = rt.block_on(setup());
     let trivial = Arc::new(Script::from_lua("return 1"));
     let users = Arc::new(AtomicU64::new(0));
 
@@ -80,16 +60,13 @@ fn main() {
             b.to_async(&rt).iter_custom(|iters| {
                 let (inventory, trivial, raw) = (inventory.clone(), trivial.clone(), raw.clone());
                 async move {
-                    let started = Instant::now();
-                    stream::iter(0..iters)
-                        .for_each_concurrent(in_flight, |_| {
-                            let (inventory, trivial) = (inventory.clone(), trivial.clone());
-                            async move {
-                                inventory.ping_script(&trivial).await.unwrap();
-                            }
-                        })
-                        .await;
-                    let elapsed = started.elapsed();
+                    let elapsed = concurrently(iters, in_flight, |_| {
+                        let (inventory, trivial) = (inventory.clone(), trivial.clone());
+                        async move {
+                            inventory.ping_script(&trivial).await.unwrap();
+                        }
+                    })
+                    .await;
                     raw.add(elapsed, iters);
                     elapsed
                 }
@@ -100,23 +77,20 @@ fn main() {
             b.to_async(&rt).iter_custom(|iters| {
                 let (inventory, users, core) = (inventory.clone(), users.clone(), core.clone());
                 async move {
-                    let started = Instant::now();
-                    stream::iter(0..iters)
-                        .for_each_concurrent(in_flight, |_| {
-                            let inventory = inventory.clone();
-                            let user = users.fetch_add(1, Ordering::Relaxed);
-                            async move {
-                                let request = ReserveRequest {
-                                    sale_id: "bench".into(),
-                                    user_id: format!("u{user}"),
-                                    quantity: 1,
-                                    idempotency_key: format!("k{user}"),
-                                };
-                                inventory.reserve(&request).await.unwrap();
-                            }
-                        })
-                        .await;
-                    let elapsed = started.elapsed();
+                    let elapsed = concurrently(iters, in_flight, |_| {
+                        let inventory = inventory.clone();
+                        let user = users.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            let request = ReserveRequest {
+                                sale_id: "bench".into(),
+                                user_id: format!("u{user}"),
+                                quantity: 1,
+                                idempotency_key: format!("k{user}"),
+                            };
+                            inventory.reserve(&request).await.unwrap();
+                        }
+                    })
+                    .await;
                     core.add(elapsed, iters);
                     elapsed
                 }
@@ -133,6 +107,50 @@ fn main() {
         "invariants after the benchmark: {:?}",
         stock.check()
     );
+    print_ratios(&results);
+    drop(redis);
+}
+
+/// A throwaway Redis and the inventory over it, with one big sale loaded.
+async fn setup() -> (flashsale_testkit::RedisServer, Inventory) {
+    let redis = flashsale_testkit::RedisServer::start()
+        .await
+        .expect("redis-server");
+    let config = RedisConfig {
+        url: redis.url().into(),
+        command_timeout: Duration::from_secs(5),
+        pool_size: 4,
+        ..Default::default()
+    };
+    let inventory = Inventory::connect(&config, None).await.unwrap();
+    let now = flashsale_proto::time::now_ms();
+    let sale = SaleSpec {
+        sale_id: "bench".into(),
+        stock: 10_000_000,
+        per_user_limit: 1,
+        starts_at_ms: now - 1000,
+        ends_at_ms: now + 3_600_000,
+        reservation_hold: Duration::from_secs(3600),
+        stock_buckets: 1,
+    };
+    inventory.load_sale(&sale).await.unwrap();
+    (redis, inventory)
+}
+
+/// Runs `iters` calls, `in_flight` at a time; returns how long they took.
+async fn concurrently<F, Fut>(iters: u64, in_flight: usize, call: F) -> Duration
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let started = Instant::now();
+    stream::iter(0..iters)
+        .for_each_concurrent(in_flight, call)
+        .await;
+    started.elapsed()
+}
+
+fn print_ratios(results: &[(usize, Duration, Duration)]) {
     println!("\nReserve through the core vs raw EVALSHA of `return 1`, same Redis, same pool:");
     for (in_flight, raw, core) in results {
         println!(
@@ -144,5 +162,4 @@ fn main() {
             core.as_secs_f64() / raw.as_secs_f64()
         );
     }
-    drop(redis);
 }

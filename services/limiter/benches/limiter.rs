@@ -66,16 +66,6 @@ impl Tally {
     }
 }
 
-async fn channel(listener: tokio::net::TcpListener) -> Channel {
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 fn rls_request(key: &str) -> RateLimitRequest {
     RateLimitRequest {
         domain: "bench".into(),
@@ -97,57 +87,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let redis = rt
-        .block_on(flashsale_testkit::RedisServer::start())
-        .unwrap();
-    let config = Config {
-        redis_timeout: Duration::from_secs(1),
-        ..Config::default()
-    };
-    let redis_config = flashsale_runtime::config::RedisConfig {
-        url: redis.url().into(),
-        command_timeout: Duration::from_secs(1),
-        pool_size: 4,
-        ..Default::default()
-    };
-    let global = rt
-        .block_on(GlobalLimits::connect(
-            &redis_config,
-            "bench",
-            Duration::from_secs(1),
-        ))
-        .unwrap();
-    let limiter = Limiter::with_rules(
-        &config,
-        RuleSet::parse(RULES, "bench").unwrap(),
-        Some(global),
-    );
-
-    // Two servers on loopback: the real RLS and the echo baseline.
-    let (rls_channel, echo_channel) = rt.block_on(async {
-        let rls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let rls_addr = rls_listener.local_addr().unwrap();
-        let server = flashsale_limiter::rls::server(limiter.clone(), false, &Default::default());
-        tokio::spawn(server.serve(rls_listener, std::future::pending()));
-        let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let echo_addr = echo_listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RateLimitServiceServer::new(Echo))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                    echo_listener,
-                )),
-        );
-        let connect = |addr: std::net::SocketAddr| async move {
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap()
-        };
-        (connect(rls_addr).await, connect(echo_addr).await)
-    });
-    let _ = channel;
+    let (redis, limiter, rls_channel, echo_channel) = rt.block_on(setup());
 
     let mut criterion = Criterion::default()
         .configure_from_args()
@@ -199,21 +139,7 @@ fn main() {
             b.to_async(&rt).iter_custom(|iters| {
                 let (channel, tally) = (channel.clone(), tally.clone());
                 async move {
-                    let started = Instant::now();
-                    stream::iter(0..iters)
-                        .for_each_concurrent(64, |_| {
-                            let mut client = RateLimitServiceClient::new(channel.clone());
-                            async move {
-                                let r = client
-                                    .should_rate_limit(rls_request(key))
-                                    .await
-                                    .unwrap()
-                                    .into_inner();
-                                assert_eq!(r.overall_code, 1);
-                            }
-                        })
-                        .await;
-                    let elapsed = started.elapsed();
+                    let elapsed = calls(&channel, key, iters).await;
                     tally.add(elapsed, iters);
                     elapsed
                 }
@@ -233,4 +159,74 @@ fn main() {
         );
     }
     drop(redis);
+}
+
+/// A throwaway Redis, the limiter over it, and channels to its RLS server and to the echo
+/// baseline, both on loopback.
+async fn setup() -> (flashsale_testkit::RedisServer, Limiter, Channel, Channel) {
+    let redis = flashsale_testkit::RedisServer::start().await.unwrap();
+    let config = Config {
+        redis_timeout: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let redis_config = flashsale_runtime::config::RedisConfig {
+        url: redis.url().into(),
+        command_timeout: Duration::from_secs(1),
+        pool_size: 4,
+        ..Default::default()
+    };
+    let global = GlobalLimits::connect(&redis_config, "bench", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let limiter = Limiter::with_rules(
+        &config,
+        RuleSet::parse(RULES, "bench").unwrap(),
+        Some(global),
+    );
+
+    // Two servers on loopback: the real RLS and the echo baseline.
+    let (rls_channel, echo_channel) = async {
+        let rls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let rls_addr = rls_listener.local_addr().unwrap();
+        let server = flashsale_limiter::rls::server(limiter.clone(), false, &Default::default());
+        tokio::spawn(server.serve(rls_listener, std::future::pending()));
+        let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo_listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RateLimitServiceServer::new(Echo))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                    echo_listener,
+                )),
+        );
+        let connect = |addr: std::net::SocketAddr| async move {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        };
+        (connect(rls_addr).await, connect(echo_addr).await)
+    }
+    .await;
+    (redis, limiter, rls_channel, echo_channel)
+}
+
+/// `iters` ShouldRateLimit calls for `key`, 64 in flight; each must be allowed.
+async fn calls(channel: &Channel, key: &'static str, iters: u64) -> Duration {
+    let started = Instant::now();
+    stream::iter(0..iters)
+        .for_each_concurrent(64, |_| {
+            let mut client = RateLimitServiceClient::new(channel.clone());
+            async move {
+                let r = client
+                    .should_rate_limit(rls_request(key))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(r.overall_code, 1);
+            }
+        })
+        .await;
+    started.elapsed()
 }

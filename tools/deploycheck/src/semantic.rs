@@ -853,135 +853,24 @@ fn mesh_config(index: &Index<'_>, pod: &Pod<'_>, problems: &mut Vec<Problem>) {
                 continue;
             }
         };
-        let say = |problems: &mut Vec<Problem>, message: String| {
+        let component = (mesh.args.first() == Some(&"serve"))
+            .then(|| mesh.args.get(1).copied())
+            .flatten();
+        let mut found = Vec::new();
+        mounted_files(index, pod, &mesh, component, &mut found);
+        if let Some(component) = component {
+            listens(pod, &mesh, component, problems);
+        }
+        if component == Some("limiter-sidecar") {
+            sidecar_upstream(pod, &mesh, &mut found);
+        }
+        backend_urls(index, &mesh, &mut found);
+        for message in found {
             problems.push(Problem::new(
                 &pod.owner,
                 format!("container {}: {message}", mesh.name()),
             ));
-        };
-
-        // The secrets directory must be a mount.
-        if let Some(dir) = mesh.env("FLASHSALE_SECRETS_DIR")
-            && mesh.mount_for(&format!("{dir}/x")).is_none()
-        {
-            say(
-                problems,
-                format!("FLASHSALE_SECRETS_DIR is {dir}, but no volume is mounted there"),
-            );
         }
-
-        // Files the configuration names must be in a mounted volume.
-        let component = (mesh.args.first() == Some(&"serve"))
-            .then(|| mesh.args.get(1).copied())
-            .flatten();
-        let mut files: Vec<(&str, &[&str])> = Vec::new();
-        if matches!(component, Some("limiter" | "limiter-sidecar")) {
-            files.push(("limiter.rules_file", &["limiter", "rules_file"]));
-        }
-        if component == Some("gateway") {
-            files.push((
-                "gateway.auth.public_key_file",
-                &["gateway", "auth", "public_key_file"],
-            ));
-        }
-        files.extend([
-            ("tls.cert", &["tls", "cert"][..]),
-            ("tls.key", &["tls", "key"][..]),
-            ("tls.ca", &["tls", "ca"][..]),
-        ]);
-        for (key, path) in files {
-            let Some(file) = mesh.config_str(path).filter(|f| !f.is_empty()) else {
-                continue;
-            };
-            match mesh.mount_for(file) {
-                Some((volume, name)) if volume_provides(index, pod, volume, name) => {}
-                Some((volume, name)) => say(
-                    problems,
-                    format!("{key} is {file}, but volume {volume} holds no {name}"),
-                ),
-                None => say(
-                    problems,
-                    format!("{key} is {file}, but no volume is mounted there"),
-                ),
-            }
-        }
-
-        // The addresses it listens on must be ports it declares, reachable from the pod IP.
-        if let Some(component) = component
-            && let Some((path, default)) = listen_key(component)
-        {
-            let listen = mesh
-                .arg("--listen")
-                .or_else(|| mesh.config_str(path))
-                .unwrap_or(default)
-                .to_owned();
-            // A gateway behind a sidecar in its pod is reached through it alone.
-            let fronted = component == "gateway" && has_sidecar(pod);
-            check_listen(
-                &mesh,
-                &format!("{} ({listen})", path.join(".")),
-                &listen,
-                fronted,
-                problems,
-                pod,
-            );
-            for (what, flag, key) in [
-                (
-                    "metrics",
-                    "--metrics-listen",
-                    &["telemetry", "metrics_listen"],
-                ),
-                ("health", "--health-listen", &["server", "health_listen"]),
-            ] {
-                // The sidecar is a proxy: it answers health through its upstream.
-                if what == "health" && component == "limiter-sidecar" {
-                    continue;
-                }
-                if let Some(addr) = mesh.arg(flag).or_else(|| mesh.config_str(key)) {
-                    let addr = addr.to_owned();
-                    check_listen(
-                        &mesh,
-                        &format!("{what} ({addr})"),
-                        &addr,
-                        false,
-                        problems,
-                        pod,
-                    );
-                }
-            }
-        }
-
-        // The sidecar forwards to a port of its own pod.
-        if component == Some("limiter-sidecar") {
-            let upstream = mesh
-                .arg("--upstream")
-                .or_else(|| mesh.config_str(&["limiter", "sidecar", "upstream"]))
-                .unwrap_or("http://127.0.0.1:50051");
-            let port = upstream
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.trim_end_matches('/').parse::<i64>().ok());
-            if !port.is_some_and(|p| pod.has_port(&Value::from(p))) {
-                say(
-                    problems,
-                    format!("limiter.sidecar.upstream {upstream} is not a port of this pod"),
-                );
-            }
-        }
-
-        // Backend URLs must name a Service here that has the port.
-        for path in [
-            &["gateway", "inventory_url"][..],
-            &["gateway", "orders_url"][..],
-            &["orders", "inventory_url"][..],
-        ] {
-            let Some(url) = mesh.config_str(path) else {
-                continue;
-            };
-            if let Some(problem) = check_backend_url(index, url) {
-                say(problems, format!("{} {url}: {problem}", path.join(".")));
-            }
-        }
-
         let grace = mesh
             .config_str(&["server", "shutdown_grace"])
             .and_then(|g| humantime::parse_duration(g).ok())
@@ -991,7 +880,134 @@ fn mesh_config(index: &Index<'_>, pod: &Pod<'_>, problems: &mut Vec<Problem>) {
             .map_or(Duration::ZERO, Duration::from_secs);
         drains.push((mesh.name().to_owned(), pre_stop, grace));
     }
+    drain_in_time(pod, drains, problems);
+}
 
+/// The secrets directory and every file the configuration names must be in a mounted volume
+/// that provides them.
+fn mounted_files(
+    index: &Index<'_>,
+    pod: &Pod<'_>,
+    mesh: &MeshContainer<'_>,
+    component: Option<&str>,
+    found: &mut Vec<String>,
+) {
+    if let Some(dir) = mesh.env("FLASHSALE_SECRETS_DIR")
+        && mesh.mount_for(&format!("{dir}/x")).is_none()
+    {
+        found.push(format!(
+            "FLASHSALE_SECRETS_DIR is {dir}, but no volume is mounted there"
+        ));
+    }
+    let mut files: Vec<(&str, &[&str])> = Vec::new();
+    if matches!(component, Some("limiter" | "limiter-sidecar")) {
+        files.push(("limiter.rules_file", &["limiter", "rules_file"]));
+    }
+    if component == Some("gateway") {
+        files.push((
+            "gateway.auth.public_key_file",
+            &["gateway", "auth", "public_key_file"],
+        ));
+    }
+    files.extend([
+        ("tls.cert", &["tls", "cert"][..]),
+        ("tls.key", &["tls", "key"][..]),
+        ("tls.ca", &["tls", "ca"][..]),
+    ]);
+    for (key, path) in files {
+        let Some(file) = mesh.config_str(path).filter(|f| !f.is_empty()) else {
+            continue;
+        };
+        match mesh.mount_for(file) {
+            Some((volume, name)) if volume_provides(index, pod, volume, name) => {}
+            Some((volume, name)) => {
+                found.push(format!(
+                    "{key} is {file}, but volume {volume} holds no {name}"
+                ));
+            }
+            None => found.push(format!("{key} is {file}, but no volume is mounted there")),
+        }
+    }
+}
+
+/// The addresses a component listens on must be ports it declares, reachable from the pod IP.
+fn listens(pod: &Pod<'_>, mesh: &MeshContainer<'_>, component: &str, problems: &mut Vec<Problem>) {
+    let Some((path, default)) = listen_key(component) else {
+        return;
+    };
+    let listen = mesh
+        .arg("--listen")
+        .or_else(|| mesh.config_str(path))
+        .unwrap_or(default)
+        .to_owned();
+    // A gateway behind a sidecar in its pod is reached through it alone.
+    let fronted = component == "gateway" && has_sidecar(pod);
+    let what = format!("{} ({listen})", path.join("."));
+    check_listen(mesh, &what, &listen, fronted, problems, pod);
+    for (what, flag, key) in [
+        (
+            "metrics",
+            "--metrics-listen",
+            &["telemetry", "metrics_listen"],
+        ),
+        ("health", "--health-listen", &["server", "health_listen"]),
+    ] {
+        // The sidecar is a proxy: it answers health through its upstream.
+        if what == "health" && component == "limiter-sidecar" {
+            continue;
+        }
+        if let Some(addr) = mesh.arg(flag).or_else(|| mesh.config_str(key)) {
+            let addr = addr.to_owned();
+            check_listen(
+                mesh,
+                &format!("{what} ({addr})"),
+                &addr,
+                false,
+                problems,
+                pod,
+            );
+        }
+    }
+}
+
+/// The sidecar forwards to a port of its own pod.
+fn sidecar_upstream(pod: &Pod<'_>, mesh: &MeshContainer<'_>, found: &mut Vec<String>) {
+    let upstream = mesh
+        .arg("--upstream")
+        .or_else(|| mesh.config_str(&["limiter", "sidecar", "upstream"]))
+        .unwrap_or("http://127.0.0.1:50051");
+    let port = upstream
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.trim_end_matches('/').parse::<i64>().ok());
+    if !port.is_some_and(|p| pod.has_port(&Value::from(p))) {
+        found.push(format!(
+            "limiter.sidecar.upstream {upstream} is not a port of this pod"
+        ));
+    }
+}
+
+/// Backend URLs must name a Service here that has the port.
+fn backend_urls(index: &Index<'_>, mesh: &MeshContainer<'_>, found: &mut Vec<String>) {
+    for path in [
+        &["gateway", "inventory_url"][..],
+        &["gateway", "orders_url"][..],
+        &["orders", "inventory_url"][..],
+    ] {
+        let Some(url) = mesh.config_str(path) else {
+            continue;
+        };
+        if let Some(problem) = check_backend_url(index, url) {
+            found.push(format!("{} {url}: {problem}", path.join(".")));
+        }
+    }
+}
+
+/// Kubernetes must give each container its preStop pause and its drain before it kills it.
+fn drain_in_time(
+    pod: &Pod<'_>,
+    drains: Vec<(String, Duration, Duration)>,
+    problems: &mut Vec<Problem>,
+) {
     let period = pod
         .spec
         .get("terminationGracePeriodSeconds")

@@ -77,6 +77,19 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         }
     }
 
+    let lines = summary(&results, stock, concurrency, rounds);
+    for line in &lines {
+        println!("{line}");
+    }
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("summary.txt"), lines.join("\n"))?;
+    }
+    Ok(())
+}
+
+/// The summary: medians per layout and the ratios of 8 buckets to 1.
+fn summary(results: &[Round], stock: u64, concurrency: usize, rounds: u32) -> Vec<String> {
     let median = |buckets: u32, f: fn(&Round) -> f64| {
         let mut v: Vec<f64> = results
             .iter()
@@ -129,14 +142,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         "  (this machine: {} CPU(s) shared by the 3 Redis masters and the client)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     ));
-    for line in &lines {
-        println!("{line}");
-    }
-    if let Some(out) = &args.out {
-        std::fs::create_dir_all(out)?;
-        std::fs::write(out.join("summary.txt"), lines.join("\n"))?;
-    }
-    Ok(())
+    lines
 }
 
 /// Sends `attempts` reserves from distinct buyers (numbered from `first`), `concurrency` at

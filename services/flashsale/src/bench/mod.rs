@@ -11,10 +11,10 @@ mod baselines;
 mod hot_item;
 mod procs;
 mod report;
+mod standard;
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -25,21 +25,20 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use flashsale_gateway::auth::{Signer, bearer};
-use flashsale_loadgen::{Arrival, Load, Report, Scenario, Sources};
+use flashsale_loadgen::{Arrival, Load, Report, Scenario};
 use flashsale_orders::OrderStore;
 use flashsale_proto::{
     time::{duration, timestamp},
     v1::{self as pb, inventory_client::InventoryClient, sale_admin_client::SaleAdminClient},
 };
 use flashsale_testkit::{NatsServer, PostgresServer, RedisServer, free_port};
-use secrecy::ExposeSecret;
 use tonic::transport::Channel;
 
 use crate::{
     cli::{BaselineChoice, BenchArgs, BenchScenario},
     config::MeshConfig,
 };
-use report::{Series, StockSample, human};
+use report::StockSample;
 
 /// The secret the benchmark's own mesh signs tokens with.
 const SECRET: &str = "benchmark-secret-not-for-production";
@@ -367,330 +366,10 @@ fn arrival(text: &str) -> Result<Arrival> {
 
 /// `flashsale bench`.
 pub(crate) async fn run(args: BenchArgs, config: MeshConfig) -> Result<()> {
-    let (stock, users, attempts) = match args.scenario {
-        BenchScenario::HotItem => return hot_item::run(&args).await,
-        BenchScenario::Standard => (10_000, 200_000, 1_000_000),
-        BenchScenario::Quick => (1_000, 10_000, 50_000),
-    };
-    let (stock, users, attempts) = (
-        args.stock.unwrap_or(stock),
-        args.users.unwrap_or(users),
-        args.attempts.unwrap_or(attempts),
-    );
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "target/bench/{}-{}",
-            args.scenario,
-            flashsale_proto::time::now_ms() / 1000
-        ))
-    });
-    std::fs::create_dir_all(&out)?;
-    let baselines = chosen(&args.baseline);
-
-    println!(
-        "flashsale bench: scenario {} — {stock} units, {users} buyers, {attempts} attempts",
-        args.scenario
-    );
-    let mesh = Box::pin(start_mesh(&out)).await?;
-    println!(
-        "  mesh up: 6 services as separate processes; Redis, NATS JetStream, Postgres (fsync on) on loopback"
-    );
-    let auth = flashsale_gateway::config::AuthConfig {
-        secret: SECRET.to_owned().into(),
-        ..Default::default()
-    };
-    let signer = Signer::new(&auth)?;
+    // The bench starts its own mesh, configured apart from the one `--config` describes.
     let _ = config;
-    let target = channel(&format!("127.0.0.1:{}", mesh.sidecar)).await?;
-    let gateway = channel(&format!("127.0.0.1:{}", mesh.gateway)).await?;
-    let inventory = channel(&format!("127.0.0.1:{}", mesh.inventory)).await?;
-    let store = OrderStore::connect(&mesh.config.postgres).await?;
-
-    let scenario = Scenario {
-        users,
-        attempts,
-        concurrency: args.concurrency,
-        quantity: 1,
-        duplicate_ratio: args.duplicate_ratio,
-        retries: args.retries,
-        seed: 42,
-        ..Scenario::default()
-    };
-    let load = match args.rate {
-        Some(rate) => Load::Open {
-            rate,
-            arrival: args.arrival,
-            max_in_flight: args.concurrency.max(1) * 8,
-        },
-        None => Load::Closed {
-            concurrency: args.concurrency,
-        },
-    };
-
-    // The sale.
-    let sale = create_sale(gateway.clone(), &signer, "sale", stock, args.limit).await?;
-    let started = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_stock(
-        inventory.clone(),
-        store.clone(),
-        sale.sale_id.clone(),
-        started,
-        stop.clone(),
-    );
-    let before = usage_of(&mesh.services);
-    let report = drive_with_bar(
-        target.clone(),
-        signer.clone(),
-        &sale.sale_id,
-        &scenario,
-        load,
-        "flash sale",
-    )
-    .await;
-    let after = usage_of(&mesh.services);
-    let paid = flashsale_loadgen::pay(
-        channel(&format!("127.0.0.1:{}", mesh.orders)).await?,
-        &report.accepted,
-        args.pay_ratio,
-        5,
-        Duration::from_secs(60),
-    )
-    .await;
-    let sources = Sources {
-        store: store.clone(),
-        inventory: inventory.clone(),
-    };
-    let audit = flashsale_loadgen::audit(&sources, &sale, &report, Duration::from_secs(300)).await;
-    let last_order_at = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let stock_samples = sampler.await.unwrap_or_default();
-    let usage = procs::delta(&before, &after);
-    let all_written_at = stock_samples
-        .iter()
-        .find(|s| s.persisted as usize >= report.accepted.len())
-        .map_or(last_order_at, |s| Duration::from_secs_f64(s.at));
-
-    // Selling phase and sold-out phase.
-    let selling = report
-        .last_accepted
-        .unwrap_or(report.elapsed)
-        .max(Duration::from_millis(1));
-    let accepted_per_second = report.accepted.len() as f64 / selling.as_secs_f64();
-    let sold_out_answers = report.rejected.get("SOLD_OUT").copied().unwrap_or(0);
-    let sold_out_span = report
-        .elapsed
-        .saturating_sub(report.first_sold_out.unwrap_or(report.elapsed));
-    let sold_out_rps = if sold_out_span > Duration::from_millis(500) {
-        sold_out_answers as f64 / sold_out_span.as_secs_f64()
-    } else {
-        0.0
-    };
-
-    let mut lines = Vec::new();
-    let mut say = |line: String| {
-        println!("{line}");
-        lines.push(line);
-    };
-    say(String::new());
-    say(format!(
-        "Flash sale: {stock} units, limit {} per buyer, {users} buyers, {attempts} attempts, {}",
-        args.limit,
-        match load {
-            Load::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
-            Load::Open { rate, arrival, .. } => format!("open loop at {rate:.0}/s ({arrival:?})"),
-        }
-    ));
-    say(format!(
-        "  whole sale           {}  ({:.0} attempts/s)",
-        human(report.elapsed),
-        report.attempts_per_second()
-    ));
-    say(format!(
-        "  accepted             {}  ({:.0}/s while selling, sold out after {})",
-        report.accepted.len(),
-        accepted_per_second,
-        human(selling)
-    ));
-    for (reason, n) in &report.rejected {
-        say(format!("  rejected {reason:<12} {n}"));
+    match args.scenario {
+        BenchScenario::HotItem => hot_item::run(&args).await,
+        BenchScenario::Quick | BenchScenario::Standard => Box::pin(standard::run(args)).await,
     }
-    say(format!(
-        "  sold-out answers     {sold_out_rps:.0}/s after the sell-out"
-    ));
-    say(format!(
-        "  latency              p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        human(report.latency(0.5)),
-        human(report.latency(0.9)),
-        human(report.latency(0.99)),
-        human(report.latency(0.999)),
-        human(report.latency(1.0))
-    ));
-    say(format!(
-        "  orders written       {} ({:.0}/s); the last one {} after the start",
-        report.accepted.len(),
-        report.accepted.len() as f64 / all_written_at.as_secs_f64().max(0.001),
-        human(all_written_at)
-    ));
-    say(format!("  paid                 {}", paid.len()));
-    say("  per service (CPU during the sale, memory now / peak):".into());
-    for (name, u) in &usage {
-        say(format!(
-            "    {name:<16} cpu {:>7}  rss {:>6.1} MiB / {:>6.1} MiB",
-            human(u.cpu),
-            u.rss as f64 / 1048576.0,
-            u.peak_rss as f64 / 1048576.0
-        ));
-    }
-    say("  invariant audit:".into());
-    for line in audit.lines() {
-        say(format!("    {line}"));
-    }
-
-    // Baselines, same machine, same run.
-    let mut ratios = Vec::new();
-    if baselines.contains(&BaselineChoice::Echo) {
-        let (addr, _stop) = baselines::echo().await?;
-        let echo_attempts = attempts.min(200_000);
-        let echo_scenario = Scenario {
-            attempts: echo_attempts,
-            ..scenario.clone()
-        };
-        let echo = drive_with_bar(
-            channel(&addr.to_string()).await?,
-            signer.clone(),
-            "echo",
-            &echo_scenario,
-            Load::Closed {
-                concurrency: args.concurrency,
-            },
-            "echo baseline",
-        )
-        .await;
-        let echo_rps = echo.attempts_per_second();
-        say(format!(
-            "Baseline echo: bare tonic Purchase answering at once: {echo_rps:.0}/s at {} in flight",
-            args.concurrency
-        ));
-        if sold_out_rps > 0.0 {
-            ratios.push(format!(
-                "sold-out answers/s ÷ echo/s = {sold_out_rps:.0} ÷ {echo_rps:.0} = {:.2}",
-                sold_out_rps / echo_rps
-            ));
-        }
-        ratios.push(format!(
-            "all attempts/s ÷ echo/s = {:.0} ÷ {echo_rps:.0} = {:.2}",
-            report.attempts_per_second(),
-            report.attempts_per_second() / echo_rps
-        ));
-    }
-    if baselines.contains(&BaselineChoice::RedisScript) {
-        let redis = flashsale_runtime::config::RedisConfig {
-            url: mesh.config.redis.url.expose_secret().to_owned().into(),
-            command_timeout: Duration::from_secs(10),
-            pool_size: 8,
-            ..Default::default()
-        };
-        let core = flashsale_inventory::Inventory::connect(&redis, None).await?;
-        let rate = baselines::redis_script(&core, 50_000, args.concurrency).await?;
-        say(format!(
-            "Baseline redis-script: the Reserve script called directly, {} in flight: {rate:.0} reservations/s",
-            args.concurrency
-        ));
-        ratios.push(format!(
-            "accepted reservations/s ÷ raw script/s = {accepted_per_second:.0} ÷ {rate:.0} = {:.2}",
-            accepted_per_second / rate
-        ));
-    }
-    if baselines.contains(&BaselineChoice::NaivePostgres) {
-        let naive_sale = format!("naive-{}", sale.sale_id);
-        let (addr, _stop) =
-            baselines::naive_postgres(store.db().clone(), &naive_sale, stock).await?;
-        let naive = drive_with_bar(
-            channel(&addr.to_string()).await?,
-            signer.clone(),
-            &naive_sale,
-            &scenario,
-            Load::Closed {
-                concurrency: args.concurrency,
-            },
-            "naive-postgres",
-        )
-        .await;
-        let naive_accepted = naive.accepted.len();
-        say(format!(
-            "Baseline naive-postgres: one transaction per attempt: whole sale {} ({:.0} attempts/s), {} accepted, p99 {}",
-            human(naive.elapsed),
-            naive.attempts_per_second(),
-            naive_accepted,
-            human(naive.latency(0.99))
-        ));
-        ratios.push(format!(
-            "whole-sale time mesh ÷ naive-postgres = {} ÷ {} = {:.2}",
-            human(report.elapsed),
-            human(naive.elapsed),
-            report.elapsed.as_secs_f64() / naive.elapsed.as_secs_f64()
-        ));
-    }
-    if args.half_peak > Duration::ZERO {
-        let peak = report.attempts_per_second();
-        let rate = peak / 2.0;
-        let half_attempts = ((rate * args.half_peak.as_secs_f64()) as u32).max(1);
-        let half_sale =
-            create_sale(gateway.clone(), &signer, "half-peak", stock, args.limit).await?;
-        let half_scenario = Scenario {
-            attempts: half_attempts,
-            seed: 43,
-            ..scenario.clone()
-        };
-        let half = drive_with_bar(
-            target.clone(),
-            signer.clone(),
-            &half_sale.sale_id,
-            &half_scenario,
-            Load::Open {
-                rate,
-                arrival: Arrival::Steady,
-                max_in_flight: args.concurrency * 8,
-            },
-            "half-peak",
-        )
-        .await;
-        say(format!(
-            "Open loop at half the peak ({rate:.0}/s of {peak:.0}/s) for {}: p50 {}  p99 {}  p99.9 {}",
-            human(args.half_peak),
-            human(half.latency(0.5)),
-            human(half.latency(0.99)),
-            human(half.latency(0.999))
-        ));
-        ratios.push(format!(
-            "p99 at half the peak rate = {}",
-            human(half.latency(0.99))
-        ));
-    }
-    if !ratios.is_empty() {
-        say("Ratios (same run, same machine):".into());
-        for r in &ratios {
-            say(format!("  {r}"));
-        }
-    }
-
-    let series = Series {
-        ticks: report.timeline.clone(),
-        stock: stock_samples,
-    };
-    let page = report::write(
-        &out,
-        &format!("flashsale bench — {}", args.scenario),
-        &lines.join("\n"),
-        &series,
-        stock,
-    )?;
-    println!("\nReport: {}", page.display());
-    drop(mesh);
-    if !audit.passed() {
-        bail!("the invariant audit failed");
-    }
-    Ok(())
 }

@@ -1,5 +1,9 @@
 //! Tests of the real `flashsale` binary.
 
+// A test reads as one story from set-up to the last assertion; only code outside tests is held
+// to one screen a function.
+#![allow(clippy::too_many_lines)]
+
 mod badinput;
 mod bench;
 mod chaos;
