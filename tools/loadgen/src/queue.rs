@@ -96,7 +96,7 @@ impl Room {
                     self.call(|| {
                         let (mut client, request) = (
                             client.clone(),
-                            crate::request(join.clone(), bearer, sale_id),
+                            crate::drive::request(join.clone(), bearer, sale_id),
                         );
                         async move { client.join_queue(request).await }
                     })
@@ -110,7 +110,7 @@ impl Room {
                     self.call(|| {
                         let (mut client, request) = (
                             client.clone(),
-                            crate::request(status.clone(), bearer, sale_id),
+                            crate::drive::request(status.clone(), bearer, sale_id),
                         );
                         async move { client.queue_status(request).await }
                     })
