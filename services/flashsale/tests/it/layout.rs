@@ -76,3 +76,26 @@ fn the_production_build_links_no_test_kit_and_the_gateway_no_inventory_store() {
         );
     }
 }
+
+#[test]
+fn the_architecture_walk_names_only_files_that_exist() {
+    let root = workspace_root();
+    let text = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let mut named = 0;
+    for quoted in text.split('`').skip(1).step_by(2) {
+        let looks_like_a_path = quoted.contains('/')
+            && !quoted.contains(' ')
+            && quoted
+                .rsplit('.')
+                .next()
+                .is_some_and(|ext| ["rs", "lua", "proto", "yaml", "toml", "md"].contains(&ext));
+        if looks_like_a_path {
+            named += 1;
+            assert!(
+                root.join(quoted).exists(),
+                "ARCHITECTURE.md names {quoted}, which is not in the repository"
+            );
+        }
+    }
+    assert!(named >= 30, "the walk names real files: only {named} found");
+}
