@@ -253,7 +253,8 @@ impl Gateway {
                 _ => Error::Upstream(status),
             })?
             .into_inner();
-        self.observe_stock(&sale.sale_id, reserved.available);
+        let made = reserved.outcome == pb::ReserveOutcome::Reserved as i32 && !reserved.duplicate;
+        self.observe_reserve(&sale.sale_id, reserved.available, made);
         match pb::ReserveOutcome::try_from(reserved.outcome) {
             Ok(pb::ReserveOutcome::Reserved) => {}
             Ok(pb::ReserveOutcome::SoldOut) => {

@@ -159,11 +159,27 @@ impl Gateway {
 
     /// Records what the inventory said of a sale's available stock.
     pub(crate) fn observe_stock(&self, sale_id: &str, available: u64) {
+        self.parts.stock.observe(sale_id, available, false);
+    }
+
+    /// Records a Reserve answer: the available stock after it, and whether it made a new
+    /// reservation.
+    pub(crate) fn observe_reserve(&self, sale_id: &str, available: u64, reserved: bool) {
+        self.parts.stock.observe(sale_id, available, reserved);
+    }
+}
+
+impl StockWatch {
+    fn observe(&self, sale_id: &str, available: u64, reserved: bool) {
+        if reserved {
+            // A unit was there a moment ago, whatever the flag said: a stock signal may still
+            // be on its way. Seeing it back starts a new spell, so the key set is read again.
+            self.flags.observe(sale_id, false);
+        }
         let sold_out = available == 0;
-        let stock = &self.parts.stock;
-        stock.flags.observe(sale_id, sold_out);
+        self.flags.observe(sale_id, sold_out);
         if sold_out {
-            stock.seen.insert(sale_id.to_owned(), Instant::now());
+            self.seen.insert(sale_id.to_owned(), Instant::now());
         }
     }
 }
@@ -306,6 +322,38 @@ mod tests {
         assert!(!flags.is_sold_out("s"), "signal 1 arrived late");
         flags.observe("s", true);
         assert!(flags.is_sold_out("s"));
+    }
+
+    /// A unit came back (a hold expired) and this gateway's own Reserve took it before any
+    /// stock signal said so: the key set read earlier in the spell lacks the new key, so a
+    /// retry of that accepted purchase must not be answered SOLD_OUT from it.
+    #[test]
+    fn a_reservation_made_while_the_flag_says_sold_out_starts_a_new_spell() {
+        let watch = StockWatch {
+            flags: SoldOutFlags::default(),
+            seen: DashMap::new(),
+            key_sets: DashMap::new(),
+            key_reads: DashMap::new(),
+        };
+        watch.flags.apply(&signal(true, 1));
+        let before = watch.flags.sold_out_episode("s").expect("sold out");
+        watch.observe("s", 0, true);
+        let after = watch.flags.sold_out_episode("s");
+        assert!(
+            after.is_some(),
+            "the reservation took the last unit: still sold out"
+        );
+        assert_ne!(
+            after,
+            Some(before),
+            "a key set read before this reservation is stale"
+        );
+        watch.observe("s", 0, false);
+        assert_eq!(
+            watch.flags.sold_out_episode("s"),
+            after,
+            "a refusal changes nothing"
+        );
     }
 
     #[test]
