@@ -107,6 +107,7 @@ impl Gateway {
         })
     }
 
+    /// The sale's stock from the inventory; `None` when Redis does not hold the sale.
     pub(crate) async fn stock(&self, sale_id: &str) -> Result<Option<pb::StockLevel>, Error> {
         match self
             .parts
